@@ -1,0 +1,51 @@
+"""What every command shares: the configuration, the inventory (opened on first use)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from idm.cli.output import UserError
+from idm.identity.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from idm.identity.inventory.store import Inventory
+
+
+@dataclass
+class AppContext:
+    config_path: str | None = None
+    db_option: str | None = None
+    verbose: bool = False
+    _config: Config | None = field(default=None, repr=False)
+    _inventory: Inventory | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                raise UserError(str(exc)) from None
+        return self._config
+
+    @property
+    def db_url(self) -> str | None:
+        """--db, then IDM_DB, then the configuration's `db`, else the default SQLite file."""
+        return self.db_option or os.environ.get("IDM_DB") or self.config.db
+
+    def inventory(self) -> Inventory:
+        if self._inventory is None:
+            from idm.identity.inventory.store import InventoryError, open_inventory
+
+            try:
+                self._inventory = open_inventory(self.db_url)
+            except InventoryError as exc:
+                raise UserError(str(exc)) from None
+        return self._inventory
+
+    def close(self) -> None:
+        if self._inventory is not None:
+            self._inventory.close()
+            self._inventory = None

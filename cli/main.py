@@ -1,0 +1,113 @@
+"""The `idm` command: global options, lazily loaded command groups, error handling.
+
+Subcommands are imported only when they run, so `idm --help` and quick commands do not
+pay for SQLAlchemy, pyhanko-certvalidator or python-pkcs11.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import traceback
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import click
+
+from idm.cli.context import AppContext
+from idm.cli.output import UserError
+
+# name -> "module:attribute" of a click command; one line per command.
+COMMANDS: dict[str, str] = {
+    "list": "idm.cli.inventory:list_command",
+    "show": "idm.cli.inventory:show_command",
+    "events": "idm.cli.inventory:events_command",
+    "db": "idm.cli.inventory:db_group",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on use (their help text on `--help` too)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+
+def _version() -> str:
+    try:
+        return version("x509-idm")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="idm")
+@click.option(
+    "--db",
+    "db",
+    metavar="URL",
+    help="Inventory database (SQLAlchemy URL). Default: IDM_DB, the configuration's `db`, "
+    "else $XDG_DATA_HOME/idm/inventory.sqlite.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Configuration file. Default: IDM_CONFIG, else $XDG_CONFIG_HOME/idm/config.toml.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Show debugging detail and tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, config_path: str | None, verbose: bool) -> None:
+    """idm: X.509 identities for SSH keys on smartcards.
+
+    Keeps an inventory of tokens and certificates, validates every certificate (chain,
+    CRL, OCSP) before its key is used, serves approved identities through an SSH agent,
+    and authorizes sshd logins by certificate.
+    """
+    app = AppContext(config_path=config_path, db_option=db, verbose=verbose)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Run the CLI; user errors exit 2 with one line, tracebacks only with -v."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = any(a in ("-v", "--verbose") for a in args)
+    try:
+        cli.main(args=args, prog_name="idm", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("idm: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        if verbose and isinstance(exc, UserError):
+            traceback.print_exc()
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for one-line errors
+        if verbose:
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        click.echo(f"idm: error: {message} (run with -v for details)", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def command_line() -> str:
+    """The command being run, for event rows ("by which command"); PIN values redacted."""
+    words: list[Any] = ["idm", *sys.argv[1:]]
+    line = " ".join(str(w) for w in words)
+    return re.sub(r"(pin-value=)[^&;\s]*", r"\1REDACTED", line)[:500]

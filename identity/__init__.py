@@ -1,0 +1,1 @@
+"""Tokens, inventory, SSH key formats, agent, enrollment and the sshd helper."""

@@ -1,0 +1,1 @@
+"""Certificate path validation and revocation checking (knows nothing of tokens or SSH)."""
