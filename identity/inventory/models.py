@@ -111,8 +111,7 @@ class Crl(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     issuer_key: Mapped[str] = mapped_column(String(128), index=True)
-    issuer: Mapped[str] = mapped_column(Text)
-    crl_number: Mapped[str] = mapped_column(String(42))
+    crl_number: Mapped[str | None] = mapped_column(String(42))
     this_update: Mapped[datetime] = mapped_column(UtcDateTime)
     next_update: Mapped[datetime | None] = mapped_column(UtcDateTime)
     source: Mapped[str | None] = mapped_column(Text)

@@ -15,12 +15,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from idm.identity.inventory.revocation import SqlRevocationStore
 
 from idm.identity.config import default_data_dir
 from idm.identity.inventory.models import (
@@ -577,6 +580,12 @@ class Inventory:
     def count_certificates(self) -> int:
         with self.reading() as s:
             return int(s.scalar(select(func.count()).select_from(Certificate)) or 0)
+
+    def revocation_store(self) -> SqlRevocationStore:
+        """The validator's revocation cache, kept in this inventory."""
+        from idm.identity.inventory.revocation import SqlRevocationStore
+
+        return SqlRevocationStore(self)
 
     # -- explicit principals (idm allow) ----------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""The `idm` command as a user meets it: installed entry point, errors, JSON, config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IDM = str(Path(sys.executable).with_name("idm"))
+
+
+def idm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [IDM, *args], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+
+
+def test_version_and_help() -> None:
+    r = idm("--version")
+    assert r.returncode == 0 and r.stdout.startswith("idm, version ")
+    r = idm("--help")
+    assert r.returncode == 0
+    for name in ("list", "show", "events", "db"):
+        assert name in r.stdout
+
+
+@pytest.mark.parametrize("command", ["list", "show", "events", "db", "db upgrade"])
+def test_help_on_every_command(command: str) -> None:
+    r = idm(*command.split(), "--help")
+    assert r.returncode == 0 and "Usage:" in r.stdout
+
+
+def test_list_json_on_empty_inventory_is_valid_json(isolated_home: Path) -> None:
+    r = idm("list", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"tokens": [], "certificates": []}
+    # created on first use, in the XDG data folder
+    assert (isolated_home / "data" / "idm" / "inventory.sqlite").exists()
+
+
+def test_list_json_on_postgresql(postgres_url: str) -> None:
+    r = idm("--db", postgres_url, "list", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"tokens": [], "certificates": []}
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("not a url", "invalid database URL"),
+        ("mysql://x/y", "unsupported database 'mysql'"),
+        ("postgresql+nosuchdriver://u@127.0.0.1/x", "cannot use database URL"),
+        ("postgresql+psycopg://u:secret@127.0.0.1:1/x", "cannot open the inventory"),
+    ],
+)
+def test_malformed_db_url_is_one_clear_line_and_exit_2(url: str, message: str) -> None:
+    r = idm("--db", url, "list")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("idm: error: ") and message in lines[0]
+    assert "Traceback" not in r.stderr and "secret" not in r.stderr
+
+
+def test_idm_db_environment_variable(tmp_path: Path) -> None:
+    db = tmp_path / "env.sqlite"
+    r = idm("db", "upgrade", "--json", env={"IDM_DB": f"sqlite:///{db}"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["to"] == "0001" and db.exists()
+
+
+def test_traceback_only_with_verbose(tmp_path: Path) -> None:
+    bad = tmp_path / "config.toml"
+    bad.write_text("[revocation]\npolicy = 'sometimes'\n")
+    r = idm("--config", str(bad), "list")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "policy: 'sometimes' is not one of" in r.stderr
+    r = idm("-v", "--config", str(bad), "list")
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_config_file_and_idm_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "idm.toml"
+    cfg.write_text(f'db = "sqlite:///{tmp_path / "from-config.sqlite"}"\n')
+    r = idm("db", "upgrade", env={"IDM_CONFIG": str(cfg)})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "from-config.sqlite").exists()
+    r = idm("--config", str(tmp_path / "missing.toml"), "list")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_show_unknown_and_events_json(isolated_home: Path) -> None:
+    r = idm("show", "0123456789abcdef")
+    assert r.returncode == 2 and "no certificate 0123456789abcdef" in r.stderr
+    r = idm("events", "--json")
+    assert r.returncode == 0 and r.stdout == ""
