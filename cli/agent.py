@@ -1,0 +1,197 @@
+"""`idm agent`: an ssh-agent replacement serving approved identities (and ssh-add keys).
+
+Behaves like ssh-agent: binds the socket, prints the shell lines that export
+SSH_AUTH_SOCK and SSH_AGENT_PID, and detaches; ``-D`` stays in the foreground, ``-d``
+also logs every decision to stderr; ``-k`` kills the agent named by SSH_AGENT_PID.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+import shlex
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from idm.cli.output import UserError
+from idm.identity.agent.identities import IdentitySource, ProviderHook, SocketKind, SoftwareKeyring
+from idm.identity.agent.server import AgentServer, AgentSocketError, default_socket_dir
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_lifetime(text: str) -> int:
+    """OpenSSH time format: ``600``, ``10m``, ``1h30m``, ``2d`` -> seconds."""
+    spec = text.strip().lower()
+    parts = re.findall(r"(\d+)([smhdw]?)", spec)
+    if not spec or "".join(n + u for n, u in parts) != spec:
+        raise UserError(f"invalid lifetime {text!r}: use seconds or e.g. 30m, 1h30m, 2d")
+    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds <= 0 or seconds > 0xFFFFFFFF:
+        raise UserError(f"lifetime {text!r} is out of range")
+    return seconds
+
+
+@dataclass
+class AgentRunSettings:
+    """What the identity sources need to know from the command line and configuration."""
+
+    pin_cache: int = 300
+    only: list[str] = field(default_factory=list)
+    default_lifetime: int | None = None
+
+
+def build_sources(
+    app: object, settings: AgentRunSettings
+) -> tuple[list[IdentitySource], ProviderHook | None]:
+    """Identity sources besides ssh-add'ed software keys, and the ssh-add -s/-e hook.
+
+    The token-backed source (inventory ∩ tokens present, validator-gated) plugs in here;
+    until it exists the agent serves software keys only.
+    """
+    return [], None
+
+
+def _shell_lines(sock: Path, pid: int, pkix: Path | None) -> str:
+    q = shlex.quote
+    lines = [f"SSH_AUTH_SOCK={q(str(sock))}; export SSH_AUTH_SOCK;"]
+    if pkix is not None:
+        lines.append(f"IDM_PKIX_AUTH_SOCK={q(str(pkix))}; export IDM_PKIX_AUTH_SOCK;")
+    lines.append(f"SSH_AGENT_PID={pid}; export SSH_AGENT_PID;")
+    lines.append(f"echo Agent pid {pid};")
+    return "\n".join(lines)
+
+
+def _kill_agent() -> None:
+    raw = os.environ.get("SSH_AGENT_PID", "")
+    if not raw.isdigit() or int(raw) <= 1:
+        raise UserError("SSH_AGENT_PID is not set to an agent's pid: cannot tell which to kill")
+    pid = int(raw)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        raise UserError(f"no agent with pid {pid} is running") from None
+    except PermissionError:
+        raise UserError(f"not allowed to stop pid {pid}") from None
+    click.echo(f"unset SSH_AUTH_SOCK;\nunset SSH_AGENT_PID;\necho Agent pid {pid} killed;")
+
+
+def _setup_logging(debug: bool, foreground: bool) -> None:
+    logger = logging.getLogger("idm.agent")
+    logger.handlers.clear()
+    logger.propagate = False
+    if debug or foreground:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("idm agent: %(levelname)s: %(message)s"))
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        handler.setFormatter(logging.Formatter("idm-agent[%(process)d]: %(message)s"))
+        logger.setLevel(logging.INFO)
+    else:
+        handler = logging.NullHandler()
+    logger.addHandler(handler)
+
+
+def _detach() -> None:
+    """Second half of daemonizing, in the child: own session, no terminal, stdio closed."""
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+
+
+@click.command("agent")
+@click.option("-a", "socket_path", metavar="PATH", type=click.Path(dir_okay=False),
+              help="Bind the agent socket here (default: $XDG_RUNTIME_DIR/idm/agent.sock).")
+@click.option("-D", "foreground", is_flag=True, help="Stay in the foreground.")
+@click.option("-d", "debug", is_flag=True, help="Debug: foreground, log every decision.")
+@click.option("-k", "kill", is_flag=True, help="Kill the agent named by SSH_AGENT_PID.")
+@click.option("-t", "lifetime", metavar="LIFE",
+              help="Default lifetime of added identities (seconds, or e.g. 1h30m).")
+@click.option("--pin-cache", type=click.IntRange(min=0), metavar="SECONDS",
+              help="Keep token logins this long (0: ask for every new token session).")
+@click.option("--pkix-socket", metavar="PATH", type=click.Path(dir_okay=False),
+              help="Also serve PKIX-SSH clients (raw-DER x509v3-sign-rsa) on this socket.")
+@click.option("--only", "only", multiple=True, metavar="SELECTOR",
+              help="Offer only identities matching this pkcs11: URI, label or subject.")
+@click.pass_context
+def agent(
+    ctx: click.Context,
+    socket_path: str | None,
+    foreground: bool,
+    debug: bool,
+    kill: bool,
+    lifetime: str | None,
+    pin_cache: int | None,
+    pkix_socket: str | None,
+    only: tuple[str, ...],
+) -> None:
+    """Run an SSH agent that serves validated identities (a drop-in for ssh-agent)."""
+    if kill:
+        _kill_agent()
+        return
+    config = getattr(ctx.obj, "config", None) if ctx.obj is not None else None
+    agent_cfg = config.agent if config is not None else None
+    settings = AgentRunSettings(
+        pin_cache=pin_cache if pin_cache is not None
+        else (config.tokens.pin_cache if config is not None else 300),
+        only=list(only) or (list(agent_cfg.only) if agent_cfg is not None else []),
+        default_lifetime=parse_lifetime(lifetime) if lifetime is not None else None,
+    )
+    created_dir: Path | None = None
+    if socket_path is not None:
+        sock = Path(socket_path)
+    elif agent_cfg is not None and agent_cfg.socket is not None:
+        sock = Path(agent_cfg.socket)
+    else:
+        created_dir = default_socket_dir()
+        sock = created_dir / "agent.sock"
+    pkix = Path(pkix_socket) if pkix_socket else (
+        Path(agent_cfg.pkix_socket) if agent_cfg is not None and agent_cfg.pkix_socket else None
+    )
+
+    sources, hook = build_sources(ctx.obj, settings)
+    server = AgentServer(SoftwareKeyring(settings.default_lifetime), sources, hook)
+    try:
+        sock = server.listen(sock, SocketKind.STANDARD)
+        if pkix is not None:
+            pkix = server.listen(pkix, SocketKind.PKIX)
+    except AgentSocketError as exc:
+        server.close()
+        raise UserError(str(exc)) from None
+
+    if not (foreground or debug):
+        sys.stdout.flush()
+        child = os.fork()
+        if child:
+            # The parent only reports; the sockets now belong to the child.
+            click.echo(_shell_lines(sock, child, pkix))
+            sys.stdout.flush()
+            os._exit(0)
+        _detach()
+    else:
+        click.echo(_shell_lines(sock, os.getpid(), pkix))
+        sys.stdout.flush()
+
+    _setup_logging(debug, foreground)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: server.shutdown())
+    try:
+        server.serve_forever()
+    finally:
+        server.close()
+        if created_dir is not None and created_dir.name.startswith("idm-agent-"):
+            try:
+                created_dir.rmdir()
+            except OSError:
+                pass
