@@ -1218,8 +1218,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     httpd.daemon_threads = True
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
-    print(f"serving http://127.0.0.1:{httpd.server_address[1]}", flush=True)
     try:
+        # Inside the try: a signal may arrive as soon as the ready line is out.
+        print(f"serving http://127.0.0.1:{httpd.server_address[1]}", flush=True)
         httpd.serve_forever()
     except (_Stop, KeyboardInterrupt):
         pass
@@ -1458,9 +1459,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_TIME_OPTIONS = ("--not-before", "--not-after", "--at")
+
+
+def _join_negative_offsets(argv: list[str]) -> list[str]:
+    """Let `--not-after -1d` work: argparse would take `-1d` for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _TIME_OPTIONS and i + 1 < len(argv) and _RELATIVE_RE.match(argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_offsets(sys.argv[1:] if argv is None else argv))
     try:
         return int(args.func(args))
     except SampleCAError as e:
