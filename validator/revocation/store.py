@@ -107,9 +107,7 @@ class RevocationStore(Protocol):
         """
         ...
 
-    def store_crl(
-        self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]
-    ) -> None:
+    def store_crl(self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]) -> None:
         """Keep a checked CRL and its revoked entries `(serial, revoked_at, reason)`.
 
         `revoked` may be a generator over 200,000 entries: insert in bulk, in one
@@ -171,9 +169,7 @@ class MemoryRevocationStore:
     def crl_by_sha256(self, sha256: str) -> CrlInfo | None:
         return self._crls.get(sha256)
 
-    def store_crl(
-        self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]
-    ) -> None:
+    def store_crl(self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]) -> None:
         if info.sha256 in self._crls or (
             info.crl_number is not None and self.crl_known(info.issuer_key, info.crl_number)
         ):

@@ -1,0 +1,88 @@
+"""Loading certificates and CA bundles from PEM, DER, bundles and folders.
+
+Every failure is a `MalformedInputError` with a one-line message naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from idm.validator.errors import MalformedInputError
+
+PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
+# Extensions picked up when a CA folder is scanned; anything else (README, .0 hash links
+# that duplicate real files, keys) is skipped rather than failing the whole folder.
+FOLDER_SUFFIXES = {".pem", ".crt", ".cer", ".der"}
+
+
+def parse_certificates(data: bytes, what: str = "input") -> list[x509.Certificate]:
+    """All certificates in `data`: one or more PEM blocks, or one DER certificate.
+
+    `what` names the input in error messages (a file name, "pkcs11 object", ...).
+    """
+    if PEM_CERT_BEGIN in data:
+        try:
+            certs = x509.load_pem_x509_certificates(data)
+        except ValueError as e:
+            raise MalformedInputError(f"{what}: malformed PEM certificate ({e})") from None
+        if not certs:
+            raise MalformedInputError(f"{what}: no certificate in PEM data")
+        return certs
+    if data.lstrip().startswith(b"-----BEGIN"):
+        raise MalformedInputError(f"{what}: PEM data holds no CERTIFICATE block")
+    try:
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise MalformedInputError(f"{what}: neither a PEM nor a DER certificate") from None
+
+
+def parse_certificate(data: bytes, what: str = "input") -> x509.Certificate:
+    """Exactly one certificate (the first of a PEM file)."""
+    return parse_certificates(data, what)[0]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise MalformedInputError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def load_certificate_file(path: str | Path) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """A certificate file: (leaf, untrusted intermediates that follow it in a PEM file)."""
+    p = Path(path)
+    certs = parse_certificates(_read(p), str(p))
+    return certs[0], certs[1:]
+
+
+def load_bundle(paths: Iterable[str | Path]) -> list[x509.Certificate]:
+    """Certificates from PEM bundles, DER files and folders, without duplicates.
+
+    A folder contributes its files with a certificate-like suffix (.pem .crt .cer .der);
+    an unparsable file named explicitly is an error, one inside a folder is an error too
+    (a silently skipped CA would be a surprise), but other files in the folder are ignored.
+    """
+    seen: set[bytes] = set()
+    out: list[x509.Certificate] = []
+    for path in paths:
+        p = Path(path)
+        if p.is_dir():
+            files = sorted(
+                f for f in p.iterdir() if f.suffix.lower() in FOLDER_SUFFIXES and f.is_file()
+            )
+        elif p.exists():
+            files = [p]
+        else:
+            raise MalformedInputError(f"{p}: no such file or folder")
+        for f in files:
+            for cert in parse_certificates(_read(f), str(f)):
+                fp = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
+                if fp not in seen:
+                    seen.add(fp)
+                    out.append(cert)
+    return out

@@ -1,0 +1,13 @@
+"""Exceptions of idm.validator: each carries a one-line message for the user."""
+
+
+class ValidatorError(Exception):
+    """Base class of the validator's own errors."""
+
+
+class MalformedInputError(ValidatorError, ValueError):
+    """A certificate, CRL, OCSP response or bundle could not be parsed."""
+
+
+class FetchError(ValidatorError):
+    """An HTTP download of a CRL or an OCSP exchange failed (timeout, size, status...)."""
