@@ -1,0 +1,373 @@
+"""`idm verify`: validate certificates and print a verdict per target.
+
+A thin shell over `idm.validator.api.validate`. Contract (tests and scripts rely on it):
+exit 0 when every target is valid, 1 when any is not, 2 for usage or input errors; with
+`--json` one object per target per line with exactly the fields of `JSON_FIELDS`.
+
+Imports of the validator, requests and the inventory happen inside the command, so that
+`idm --help` stays quick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from idm.cli.output import UserError, print_json
+
+if TYPE_CHECKING:
+    from idm.cli.context import AppContext
+    from idm.validator.verdict import Verdict
+
+JSON_FIELDS = (
+    "target",
+    "valid",
+    "status",
+    "reason",
+    "subject",
+    "issuer",
+    "serial",
+    "sha256",
+    "chain",
+    "revocation",
+    "ssh_identity",
+)
+
+_HEX = set("0123456789abcdefABCDEF:")
+
+
+@dataclass
+class ResolvedTarget:
+    """A TARGET turned into certificate bytes: the leaf, untrusted extras, a label."""
+
+    leaf_der: bytes
+    intermediates: list[bytes] = field(default_factory=list)
+    label: str = ""
+    inventory_sha256: str | None = None  # set when the target came from the inventory
+
+
+class TargetError(Exception):
+    """A TARGET that cannot be read or parsed; `malformed` says whether it was read."""
+
+    def __init__(self, message: str, malformed: bool = False) -> None:
+        super().__init__(message)
+        self.malformed = malformed
+
+
+def resolve_target(target: str, app: AppContext | None) -> ResolvedTarget:
+    """Resolve TARGET to (leaf DER, [intermediate DERs], label).
+
+    The extension point for new kinds of target: a certificate file (PEM with several
+    certificates = leaf + untrusted intermediates, or DER), an inventory fingerprint
+    (SHA-256 hex, a unique prefix of at least 8 digits, colons allowed), and `pkcs11:`
+    URIs once the tokens support provides them.
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from idm.validator.bundle import parse_certificates
+    from idm.validator.errors import MalformedInputError
+
+    if target.startswith("pkcs11:"):
+        raise UserError("pkcs11: targets need the tokens support")
+    path = Path(target)
+    if path.exists():
+        if path.is_dir():
+            raise TargetError(f"{target}: is a folder, not a certificate file")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise TargetError(f"{target}: cannot read ({e.strerror or e})") from None
+        try:
+            certs = parse_certificates(data, target)
+        except MalformedInputError as e:
+            raise TargetError(str(e), malformed=True) from None
+        ders = [c.public_bytes(Encoding.DER) for c in certs]
+        return ResolvedTarget(ders[0], ders[1:], target)
+    if len(target.replace(":", "")) >= 8 and set(target) <= _HEX and app is not None:
+        inventory = app.inventory()
+        try:
+            record = inventory.certificate(target)
+        except Exception as e:  # InventoryError: ambiguous prefix and the like
+            raise TargetError(f"{target}: {e}") from None
+        if record is None:
+            raise TargetError(
+                f"{target}: no such file, and no certificate with that fingerprint in the inventory"
+            )
+        return ResolvedTarget(record.der, [], target, record.sha256)
+    raise TargetError(f"{target}: no such file (nor a pkcs11: URI or inventory fingerprint)")
+
+
+def _parse_at(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(
+            f"--at {value!r}: not an ISO-8601 date-time (e.g. 2030-01-31T12:00:00Z)"
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _crl_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [path]
+
+
+def _load_crls(
+    sources: Sequence[str], fetcher: Any, offline: bool, warnings: list[str]
+) -> list[tuple[str, bytes]]:
+    """Read --crl/config CRLs: files and folders are input (errors exit 2), URLs network."""
+    from idm.validator.errors import FetchError
+
+    out: list[tuple[str, bytes]] = []
+    for src in sources:
+        if src.lower().startswith(("http://", "https://")):
+            if offline:
+                warnings.append(f"{src}: not fetched (offline)")
+                continue
+            try:
+                out.append((src, fetcher.get_crl(src)))
+            except FetchError as e:
+                warnings.append(str(e))
+            continue
+        path = Path(src)
+        if not path.exists():
+            raise UserError(f"--crl {src}: no such file or folder")
+        for f in _crl_files(path):
+            try:
+                out.append((str(f), f.read_bytes()))
+            except OSError as e:
+                raise UserError(f"{f}: cannot read ({e.strerror or e})") from None
+    return out
+
+
+def _result_json(target: str, leaf: Any, verdict: Verdict) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    body = verdict.to_json()
+    out: dict[str, Any] = {"target": target}
+    out["valid"] = body["valid"]
+    out["status"] = body["status"]
+    out["reason"] = body["reason"]
+    if leaf is not None:
+        out["subject"] = leaf.subject.rfc4514_string()
+        out["issuer"] = leaf.issuer.rfc4514_string()
+        out["serial"] = format(leaf.serial_number, "x")
+        out["sha256"] = hashlib.sha256(leaf.public_bytes(Encoding.DER)).hexdigest()
+    else:
+        out.update(subject=None, issuer=None, serial=None, sha256=None)
+    out["chain"] = body["chain"]
+    out["revocation"] = body["revocation"]
+    out["ssh_identity"] = body["ssh_identity"] if leaf is not None else None
+    assert tuple(out) == JSON_FIELDS
+    return out
+
+
+def _malformed_json(target: str, reason: str, der: bytes | None = None) -> dict[str, Any]:
+    return {
+        "target": target,
+        "valid": False,
+        "status": "malformed",
+        "reason": reason,
+        "subject": None,
+        "issuer": None,
+        "serial": None,
+        "sha256": hashlib.sha256(der).hexdigest() if der else None,
+        "chain": [],
+        "revocation": [],
+        "ssh_identity": None,
+    }
+
+
+@click.command("verify")
+@click.option(
+    "--ca",
+    "ca",
+    multiple=True,
+    metavar="PATH",
+    help="Trust anchors: PEM bundle, DER file or folder (repeatable). Default: [validation] ca.",
+)
+@click.option(
+    "--untrusted",
+    multiple=True,
+    metavar="PATH",
+    help="Untrusted intermediates that may help build the path (repeatable).",
+)
+@click.option(
+    "--crl",
+    "crl",
+    multiple=True,
+    metavar="PATH|URL",
+    help="Extra CRL: file, folder or http(s) URL (repeatable).",
+)
+@click.option(
+    "--ocsp-url", metavar="URL", help="OCSP responder for certificates whose AIA names none."
+)
+@click.option(
+    "--revocation",
+    type=click.Choice(["require", "hard-fail", "soft-fail", "off"]),
+    help="Revocation policy. Default: [revocation] policy (hard-fail).",
+)
+@click.option(
+    "--at",
+    "at",
+    metavar="ISO-8601",
+    help="Validate at this moment instead of now (UTC unless a zone is given).",
+)
+@click.option(
+    "--purpose",
+    type=click.Choice(["ssh-client", "any"]),
+    help="Required purpose. Default: [validation] purpose (ssh-client).",
+)
+@click.option(
+    "--offline",
+    is_flag=True,
+    default=None,
+    help="Use only cached and given revocation data; no network.",
+)
+@click.option(
+    "--no-cache", is_flag=True, help="Neither read nor write the inventory's revocation cache."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per target per line.")
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@click.pass_obj
+def verify(
+    app: AppContext,
+    ca: tuple[str, ...],
+    untrusted: tuple[str, ...],
+    crl: tuple[str, ...],
+    ocsp_url: str | None,
+    revocation: str | None,
+    at: str | None,
+    purpose: str | None,
+    offline: bool | None,
+    no_cache: bool,
+    as_json: bool,
+    targets: tuple[str, ...],
+) -> None:
+    """Validate certificates: chain to a trust anchor, revocation (CRL, OCSP), purpose.
+
+    TARGET is a certificate file (PEM or DER; in a PEM file with several certificates
+    the first is the leaf and the rest are untrusted intermediates), a certificate's
+    SHA-256 fingerprint from the inventory, or (with tokens support) a pkcs11: URI.
+
+    Exit status: 0 when every target is valid, 1 when any is not, 2 for usage or
+    input errors.
+    """
+    from idm.validator.api import validate
+    from idm.validator.bundle import load_bundle, parse_certificate
+    from idm.validator.errors import MalformedInputError
+    from idm.validator.policy import Policy, PolicyError
+    from idm.validator.revocation.fetch import Fetcher
+    from idm.validator.revocation.store import MemoryRevocationStore
+
+    config = app.config
+    vconf, rconf = config.validation, config.revocation
+    anchors_paths = list(ca) or [str(p) for p in vconf.ca]
+    if not anchors_paths:
+        raise UserError(
+            "no trust anchors: give --ca PATH or set [validation] ca in the configuration"
+        )
+    moment = _parse_at(at)
+    try:
+        anchors = load_bundle(anchors_paths)
+        pool = load_bundle(list(untrusted) or [str(p) for p in vconf.untrusted])
+        policy = Policy(
+            purpose=purpose or vconf.purpose,
+            client_ekus=tuple(vconf.client_ekus),
+            revocation=revocation or rconf.policy,
+            budget_seconds=vconf.budget_seconds,
+            max_intermediates=vconf.max_intermediates,
+            max_pool=vconf.max_pool,
+            ocsp_url=ocsp_url or rconf.ocsp_url,
+            ocsp_max_age=rconf.ocsp_max_age,
+            offline=rconf.offline if offline is None else offline,
+        )
+    except (MalformedInputError, PolicyError) as e:
+        raise UserError(str(e)) from None
+    if not anchors:
+        raise UserError(f"no certificates found in {', '.join(anchors_paths)}")
+    fetcher = Fetcher(
+        connect_timeout=rconf.connect_timeout,
+        read_timeout=rconf.read_timeout,
+        crl_max_bytes=rconf.crl_max_bytes,
+        ocsp_max_bytes=rconf.ocsp_max_bytes,
+    )
+    warnings: list[str] = []
+    crl_sources = list(crl) + [str(p) for p in rconf.crl]
+    crls = (
+        _load_crls(crl_sources, fetcher, policy.offline, warnings)
+        if (policy.revocation != "off")
+        else []
+    )
+    for w in warnings:
+        click.echo(f"idm: warning: {w}", err=True)
+    store: Any
+    if no_cache or policy.revocation == "off":
+        store = MemoryRevocationStore()
+    else:
+        store = app.inventory().revocation_store()
+
+    any_invalid = False
+    input_error = False
+    for target in targets:
+        try:
+            resolved = resolve_target(target, app)
+        except TargetError as e:
+            input_error = True
+            click.echo(f"idm: error: {e}", err=True)
+            if as_json and e.malformed:
+                print_json(_malformed_json(target, str(e)))
+            continue
+        try:
+            leaf = parse_certificate(resolved.leaf_der, target)
+            extra = [parse_certificate(d, target) for d in resolved.intermediates]
+        except MalformedInputError as e:
+            # Only reachable for inventory or token objects: files were parsed already.
+            any_invalid = True
+            if as_json:
+                print_json(_malformed_json(target, str(e), resolved.leaf_der))
+            else:
+                click.echo(f"{target}: malformed: {e}")
+            continue
+        try:
+            verdict = validate(
+                leaf,
+                anchors=anchors,
+                intermediates=[*extra, *pool],
+                policy=policy,
+                at=moment,
+                store=store,
+                fetcher=fetcher,
+                crls=crls,
+            )
+        except MalformedInputError as e:  # a --crl file that is not a CRL
+            raise UserError(str(e)) from None
+        if resolved.inventory_sha256 is not None:
+            app.inventory().record_verdict(
+                resolved.inventory_sha256,
+                verdict.status,
+                verified_at=moment or datetime.now(UTC),
+                fresh_until=verdict.fresh_until,
+            )
+        any_invalid |= not verdict.valid
+        if as_json:
+            print_json(_result_json(target, leaf, verdict))
+        else:
+            click.echo(f"{target}: {verdict.status}: {verdict.reason}")
+        for w in verdict.warnings:
+            click.echo(f"idm: warning: {target}: {w}", err=True)
+    # sys.exit, not ctx.exit: click's non-standalone main() turns Exit into a return value.
+    if input_error:
+        sys.exit(2)
+    if any_invalid:
+        sys.exit(1)
