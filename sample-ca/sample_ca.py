@@ -223,8 +223,9 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 
 def serial_hex(serial: int) -> str:
-    """Serial as upper-case hex without separators (the form `openssl x509 -serial` prints)."""
-    return f"{serial:X}"
+    """Serial as upper-case hex, whole bytes, no separators (as `openssl x509 -serial`)."""
+    text = f"{serial:X}"
+    return "0" + text if len(text) % 2 else text
 
 
 def parse_serial(text: str) -> int:
@@ -1111,6 +1112,8 @@ class SampleCAHandler(BaseHTTPRequestHandler):
     """Serves CRLs, CA certificates (for AIA caIssuers) and OCSP from one CA directory."""
 
     server_version = "sample-ca/1"
+    # A client that announces a body and never sends it must not pin a thread forever.
+    timeout = 30
     # Set on the class by `serve` before the server starts.
     ca_dir: Path = Path(".")
     responders: list[Responder] = []
@@ -1306,8 +1309,8 @@ def _add_leaf_options(p: argparse.ArgumentParser, *, dates: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
-        description="A demo and test PKI for idm: root + intermediate CA, delegated OCSP "
-        "responder, users, CRLs, and an HTTP CRL/OCSP server on 127.0.0.1. "
+        description="A demo and test PKI for idm: root + intermediate CA, delegated OCSP\n"
+        "responder, users, CRLs, and an HTTP CRL/OCSP server on 127.0.0.1.\n"
         "Keys are unencrypted: never use it in production.",
         epilog=LAYOUT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -1352,7 +1355,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="issue a key and certificate for a user",
         description="Issue a software key and certificate: users/NAME.pem, "
         "users/NAME.key, users/NAME-chain.pem. Subject CN=NAME,O=idm demo,C=XX.",
-        formatter_class=fmt,
     )
     p.add_argument("dir", type=Path, metavar="DIR")
     p.add_argument("name", metavar="NAME", help="file name under users/ and default CN")

@@ -303,7 +303,9 @@ def test_state_records_every_certificate(shared_ca: SampleCA) -> None:
     ]
     for r in records:
         cert = load(shared_ca.dir / r["file"])
-        assert int(r["serial"], 16) == cert.serial_number
+        # the same spelling `openssl x509 -serial` prints, so tests can compare strings
+        out = openssl("x509", "-in", shared_ca.dir / r["file"], "-noout", "-serial").stdout
+        assert out.strip() == f"serial={r['serial']}"
         assert r["subject"] == cert.subject.rfc4514_string()
         assert r["status"] == "valid" and r["revoked_at"] is None and r["reason"] is None
     assert [r["issuer"] for r in records] == ["root", "root", "intermediate"] + [
@@ -686,3 +688,46 @@ def test_serve_refuses_a_busy_port(served_ca: SampleCA) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(f"sample_ca: error: cannot listen on 127.0.0.1:"
                                           f"{served_ca.port}")
+
+
+# --- a real consumer: pyhanko-certvalidator (what idm's validator builds on) -------------
+
+
+def test_certvalidator_accepts_then_sees_revocation(served_ca: SampleCA) -> None:
+    import asyncio
+
+    from asn1crypto import x509 as asn1_x509
+    from pyhanko_certvalidator import CertificateValidator, ValidationContext
+    from pyhanko_certvalidator.errors import RevokedError
+    from pyhanko_certvalidator.fetchers.requests_fetchers import RequestsFetcherBackend
+    from pyhanko_certvalidator.policy_decl import (
+        CertRevTrustPolicy,
+        RevocationCheckingPolicy,
+        RevocationCheckingRule,
+    )
+
+    ca = served_ca
+
+    def der(path: Path) -> asn1_x509.Certificate:
+        return asn1_x509.Certificate.load(load(path).public_bytes(serialization.Encoding.DER))
+
+    async def validate(rule: RevocationCheckingRule) -> None:
+        policy = RevocationCheckingPolicy(ee_certificate_rule=rule, intermediate_ca_cert_rule=rule)
+        context = ValidationContext(
+            trust_roots=[der(ca.root)],
+            other_certs=[der(ca.intermediate)],
+            allow_fetching=True,
+            revinfo_policy=CertRevTrustPolicy(policy),
+            time_tolerance=dt.timedelta(0),
+            fetcher_backend=RequestsFetcherBackend(),
+        )
+        validator = CertificateValidator(der(ca.user_cert("bob")), validation_context=context)
+        await validator.async_validate_usage({"digital_signature"})
+
+    rules = (RevocationCheckingRule.OCSP_REQUIRED, RevocationCheckingRule.CRL_REQUIRED)
+    for rule in rules:
+        asyncio.run(validate(rule))  # fetches our CRLs / asks our OCSP responder
+    ca.revoke(ca.user_cert("bob"), reason="keyCompromise")
+    for rule in rules:
+        with pytest.raises(RevokedError, match="compromised key"):
+            asyncio.run(validate(rule))
