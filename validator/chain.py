@@ -155,10 +155,14 @@ def _pyhanko_validate(path: list[x509.Certificate], at: datetime) -> tuple[str, 
 
     try:
         _run_async(go)
-    except errors.ExpiredError as e:
-        return v.EXPIRED, _clean(str(e))
-    except errors.NotYetValidError as e:
-        return v.NOT_YET_VALID, _clean(str(e))
+    except (errors.ExpiredError, errors.NotYetValidError) as e:
+        # Name the certificate by its subject (pyhanko says "intermediate certificate 1").
+        for cert in path:
+            bad = _validity_problem(cert, at)
+            if bad:
+                return bad
+        status = v.EXPIRED if isinstance(e, errors.ExpiredError) else v.NOT_YET_VALID
+        return status, _clean(str(e))
     except (errors.ValidationError, errors.PathError) as e:
         return v.INVALID_PATH, _clean(str(e))
     except ValueError as e:  # asn1crypto choking on an odd extension deep inside
@@ -167,7 +171,11 @@ def _pyhanko_validate(path: list[x509.Certificate], at: datetime) -> tuple[str, 
 
 
 def _clean(msg: str) -> str:
-    return " ".join(msg.split())
+    text = " ".join(msg.split())
+    for prefix in ("The path could not be validated because ", "The X.509 certificate provided "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    return text
 
 
 def _validity_problem(cert: x509.Certificate, at: datetime) -> tuple[str, str] | None:
