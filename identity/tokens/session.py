@@ -450,8 +450,14 @@ class ProviderSet:
                         continue
                     yield m, token, _token_info(m, slot, token)
 
-    def tokens(self) -> list[TokenInfo]:
-        """Every initialized token present now, in provider and slot order."""
+    def tokens(self, *, rescan: bool = False) -> list[TokenInfo]:
+        """Every initialized token present now, in provider and slot order.
+
+        `rescan=True` re-initializes the modules first, for modules (like SoftHSM2) that
+        only see inserted or removed tokens after C_Initialize.
+        """
+        if rescan:
+            self.rescan()
         return [info for _, _, info in self._scan()]
 
     def find_tokens(self, uri: Pkcs11Uri) -> list[TokenInfo]:
