@@ -198,5 +198,11 @@ def ocsp_responder_cert(issuer: CA, *, eku: bool = True) -> CA:
     )
 
 
+def unsuccessful_ocsp(status: ocsp.OCSPResponseStatus) -> bytes:
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(status).public_bytes(
+        serialization.Encoding.DER
+    )
+
+
 def shared_key() -> ec.EllipticCurvePrivateKey:
     return _SHARED_KEY

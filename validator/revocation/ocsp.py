@@ -182,7 +182,10 @@ def check_response(
     if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise OcspError(f"{what}: responder answered {resp.response_status.name.lower()}")
     try:
-        signer = find_signer(resp, issuer, at)
+        try:
+            signer = find_signer(resp, issuer, at)
+        except OcspError as e:
+            raise OcspError(f"{what}: {e}") from None
         try:
             verify_signature(
                 signer.public_key(),
@@ -197,7 +200,12 @@ def check_response(
             for ext in resp.extensions:
                 if isinstance(ext.value, x509.OCSPNonce) and ext.value.nonce != nonce:
                     raise OcspError(f"{what}: nonce does not match the request")
-        single = _find_single(resp, cert, issuer)
+        try:
+            single = _find_single(resp, cert, issuer)
+        except OcspError as e:
+            raise OcspError(f"{what}: {e}") from None
+        except UnsupportedAlgorithm:
+            raise OcspError(f"{what}: unsupported hash algorithm in CertID") from None
     except ValueError as e:
         raise MalformedInputError(f"{what}: malformed OCSP response ({e})") from None
     this_update = single.this_update_utc
