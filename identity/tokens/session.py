@@ -536,8 +536,8 @@ class ProviderSet:
         return session
 
     def session_for(self, uri: Pkcs11Uri, pin: PinProvider | None = None) -> TokenSession:
-        """Shorthand: `open(uri, pin)` for the token part of an object URI."""
-        return self.open(uri.token_uri() if uri.names_object else uri, pin)
+        """Shorthand: `open()` the token an object URI lives on."""
+        return self.open(uri.without_object(), pin)
 
 
 def _token_info(module: _Module, slot: Any, token: Any) -> TokenInfo:

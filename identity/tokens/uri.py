@@ -217,6 +217,14 @@ class Pkcs11Uri:
             token=self.token, manufacturer=self.manufacturer, serial=self.serial, model=self.model
         )
 
+    def without_object(self) -> Pkcs11Uri:
+        """This URI with the object attributes (object, id, type) removed.
+
+        Unlike `token_uri`, slot, library and query attributes (module-path, pin-source)
+        are kept: the result still says where to look and how to log in.
+        """
+        return replace(self, object=None, id=None, type=None)
+
     def with_object(
         self, *, object: str | None = None, id: bytes | None = None, type: str | None = None
     ) -> Pkcs11Uri:
