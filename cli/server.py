@@ -1,0 +1,129 @@
+"""Server-side commands: `idm refresh`, `idm allow`, `idm krl`.
+
+(`idm authorized-keys` itself is dispatched by cli/entry.py before click is imported.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from idm.cli.context import AppContext
+from idm.cli.output import UserError, print_json, print_table
+
+
+@click.command("refresh")
+@click.option("--snapshot", "snapshot", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write this snapshot instead of [server] snapshot.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with the result.")
+@click.pass_obj
+def refresh_command(app: AppContext, snapshot: str | None, as_json: bool) -> None:
+    """Re-validate approved certificates and write the login snapshot.
+
+    Asks OCSP responders and CRL distribution points afresh, marks revoked and expired
+    certificates, maps valid ones to users and replaces the snapshot that
+    `idm authorized-keys` reads (atomically). Run it from a timer. If the inventory
+    cannot be reached, the previous snapshot stays in place until its deadline.
+    """
+    from idm.cli.main import command_line
+    from idm.identity.server.refresh import RefreshError, previous_deadline, refresh
+
+    config = app.config
+    path = Path(snapshot) if snapshot else config.server.snapshot
+    try:
+        inventory = app.inventory()
+    except UserError as exc:
+        message = f"refresh failed: {exc.format_message()}; {previous_deadline(path)}"
+        raise UserError(message) from None
+    try:
+        result = refresh(inventory, config, snapshot_path=path, command=command_line())
+    except RefreshError as exc:
+        raise UserError(f"refresh failed: {exc}") from None
+    if as_json:
+        print_json(result.as_dict())
+        return
+    data = result.as_dict()
+    click.echo(
+        f"snapshot {data['snapshot']}: {result.snapshot.entries} key line(s) for "
+        f"{result.users} user(s) from {result.authorized} of {result.checked} approved "
+        f"certificate(s); valid until {data['deadline']}"
+    )
+    if result.changes or result.left_out:
+        rows = [(c.certificate[:16], c.status, c.subject, c.reason)
+                for c in (*result.changes, *result.left_out)]
+        print_table(["CERTIFICATE", "NOW", "SUBJECT", "REASON"], rows)
+    for warning in result.warnings:
+        click.echo(f"idm: warning: {warning}", err=True)
+
+
+@click.command("allow")
+@click.argument("user")
+@click.option("--subject", "subject", metavar="DN",
+              help="Certificates with this subject DN (RFC 4514, e.g. 'CN=alice,O=Example').")
+@click.option("--principal", "principal", metavar="NAME",
+              help="Certificates whose CN, SAN e-mail or SAN UPN is NAME.")
+@click.option("--remove", is_flag=True, help="Take the authorization away instead.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with the result.")
+@click.pass_obj
+def allow_command(
+    app: AppContext, user: str, subject: str | None, principal: str | None, remove: bool,
+    as_json: bool,
+) -> None:
+    """Let USER log in with certificates of a subject DN or principal name.
+
+    Used by the "principals" mapping rule; takes effect at the next `idm refresh`.
+    """
+    from idm.cli.main import command_line
+    from idm.identity.server.mapping import MappingError, parse_dn, valid_username
+
+    if (subject is None) == (principal is None):
+        raise UserError("give exactly one of --subject DN or --principal NAME")
+    if not valid_username(user):
+        raise UserError(f"{user!r} is not a valid user name")
+    if subject is not None:
+        try:
+            parse_dn(subject)
+        except MappingError as exc:
+            raise UserError(str(exc)) from None
+        kind, value = "subject", subject.strip()
+    else:
+        assert principal is not None
+        kind, value = "principal", principal.strip()
+        if not value or not value.isprintable():
+            raise UserError("--principal needs a non-empty printable name")
+    inventory = app.inventory()
+    if remove:
+        changed = inventory.disallow(user, kind, value, command=command_line())
+    else:
+        changed = inventory.allow(user, kind, value, command=command_line())
+    if as_json:
+        print_json({"user": user, "kind": kind, "value": value,
+                    "action": "remove" if remove else "allow", "changed": changed})
+        return
+    verb = ("removed" if changed else "was not there") if remove else (
+        "added" if changed else "already there")
+    click.echo(f"{user}: {kind} {value}: {verb} (takes effect at the next `idm refresh`)")
+
+
+@click.command("krl")
+@click.option("--output", "output", required=True, type=click.Path(dir_okay=False),
+              metavar="FILE", help="Where to write the KRL (replaced atomically).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with the result.")
+@click.pass_obj
+def krl_command(app: AppContext, output: str, as_json: bool) -> None:
+    """Write an OpenSSH KRL of the keys of revoked and superseded certificates.
+
+    For sshd_config `RevokedKeys FILE`; check a key with `ssh-keygen -Q -f FILE key.pub`.
+    """
+    from idm.identity.server.krl import build_krl, revoked_blobs, write_krl
+
+    blobs = revoked_blobs(app.inventory())
+    try:
+        write_krl(output, build_krl(blobs))
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror}") from None
+    if as_json:
+        print_json({"output": output, "keys": len(blobs)})
+        return
+    click.echo(f"{output}: {len(blobs)} revoked key(s)")

@@ -1,0 +1,288 @@
+"""``idm authorized-keys``: sshd's AuthorizedKeysCommand.
+
+    AuthorizedKeysCommand /usr/local/bin/idm authorized-keys --config /etc/idm/config.toml %u %t %k
+
+sshd runs this at every login attempt, so the plain-key path imports only the standard
+library (no SQLAlchemy, pyhanko-certvalidator, requests, click or cryptography) and
+answers from the snapshot that ``idm refresh`` writes: one indexed lookup.
+
+Fail closed: whatever goes wrong, nothing is printed, the exit status is non-zero, and
+ONE line saying why goes to stderr and to syslog (facility auth, ident ``idm``).
+
+Modes:
+
+``USER KEYTYPE KEYBLOB`` with a plain key type (``ssh-rsa``, ``ecdsa-sha2-*``, ...)
+    prints the authorized_keys line of that key when an approved, valid, fresh
+    certificate holding it is mapped to USER.
+``USER``
+    prints every fresh line mapped to USER.
+``USER x509v3-… KEYBLOB`` (PKIX-SSH's sshd; raw DER or an RFC 6187 blob)
+    validates the presented certificate now against the CA bundle and revocation policy
+    (cheap when the revocation cache is warm), maps it with the configured rules and
+    prints a line for exactly that certificate. No inventory entry is needed, but the
+    snapshot must be fresh (it carries the denied certificates and ``idm allow`` rules).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import sys
+import time
+
+USAGE = """\
+usage: idm authorized-keys [--config FILE] [--snapshot FILE] [--log-file FILE]
+                           USER [KEYTYPE KEYBLOB]
+
+sshd's AuthorizedKeysCommand. In sshd_config:
+  AuthorizedKeysCommand /usr/local/bin/idm authorized-keys --config /etc/idm/config.toml %u %t %k
+  AuthorizedKeysCommandUser nobody
+
+Prints the authorized_keys line(s) for USER from the snapshot written by `idm refresh`:
+for the key KEYBLOB of type KEYTYPE, or every key of USER when only USER is given.
+Prints nothing and exits 1 when the key is not authorized; the reason goes to stderr and
+syslog. Options: --config (default IDM_CONFIG, else /etc/idm/config.toml if it exists,
+else the user's config), --snapshot (instead of [server] snapshot), --log-file (also
+append the log line to FILE).
+"""
+
+DEFAULT_SYSTEM_CONFIG = "/etc/idm/config.toml"
+MAX_KEYBLOB_CHARS = 64 * 1024
+EXIT_DENIED = 1
+EXIT_USAGE = 2
+
+
+class Denied(Exception):
+    """The login is refused; the message is the one log line that says why."""
+
+
+class _Help(Exception):
+    pass
+
+
+class _Args:
+    __slots__ = ("config", "snapshot", "log_file", "user", "key_type", "key_blob")
+
+    def __init__(self) -> None:
+        self.config: str | None = None
+        self.snapshot: str | None = None
+        self.log_file: str | None = None
+        self.user = ""
+        self.key_type: str | None = None
+        self.key_blob: str | None = None
+
+
+def _parse(argv: list[str]) -> _Args:
+    args = _Args()
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            raise _Help
+        if a in ("--config", "--snapshot", "--log-file") and not positional:
+            if i + 1 >= len(argv):
+                raise Denied(f"usage: {a} needs a value")
+            setattr(args, a[2:].replace("-", "_"), argv[i + 1])
+            i += 2
+            continue
+        if a.startswith("--") and not positional and "=" in a:
+            name, value = a[2:].split("=", 1)
+            if name in ("config", "snapshot", "log-file"):
+                setattr(args, name.replace("-", "_"), value)
+                i += 1
+                continue
+        if a == "--" and not positional:
+            positional.extend(argv[i + 1 :])
+            break
+        positional.append(a)
+        i += 1
+    if len(positional) not in (1, 3):
+        raise Denied(
+            f"usage: expected USER or USER KEYTYPE KEYBLOB, got {len(positional)} arguments"
+        )
+    args.user = positional[0]
+    if not args.user or len(args.user) > 256 or not args.user.isprintable() or " " in args.user:
+        raise Denied("usage: invalid user name")
+    if len(positional) == 3:
+        args.key_type, args.key_blob = positional[1], positional[2]
+        if (
+            not args.key_type
+            or len(args.key_type) > 64
+            or not args.key_type.isascii()
+            or not args.key_type.isprintable()
+            or " " in args.key_type
+        ):
+            raise Denied("malformed key type from sshd (%t)")
+    return args
+
+
+# -- logging ---------------------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    text = " ".join(str(text).split())
+    return "".join(c if c.isprintable() else "?" for c in text)[:900]
+
+
+def _log(message: str, log_file: str | None, *, denied: bool) -> None:
+    line = f"idm authorized-keys: {'DENY' if denied else 'ALLOW'}: {_clean(message)}"
+    if denied:
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+    try:
+        import syslog
+
+        syslog.openlog("idm", syslog.LOG_PID, syslog.LOG_AUTH)
+        syslog.syslog(syslog.LOG_WARNING if denied else syslog.LOG_INFO, line)
+    except Exception:  # noqa: BLE001 - logging must never turn a denial into a crash
+        pass
+    if log_file:
+        try:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                os.write(fd, f"{stamp} [{os.getpid()}] {line}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
+def _ssh_fingerprint(blob: bytes) -> str:
+    # The same text as sshwire.fingerprint_sha256 (what sshd logs), computed here because
+    # importing sshwire pulls in `cryptography`, which this path must not pay for.
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def _config(args: _Args):  # type: ignore[no-untyped-def]
+    from idm.identity.config import ConfigError, load_config
+
+    explicit = args.config or os.environ.get("IDM_CONFIG")
+    if not explicit and os.path.exists(DEFAULT_SYSTEM_CONFIG):
+        explicit = DEFAULT_SYSTEM_CONFIG
+    try:
+        return load_config(explicit)
+    except ConfigError as exc:
+        raise Denied(f"configuration: {exc}") from None
+
+
+def _open_snapshot(args: _Args, config):  # type: ignore[no-untyped-def]
+    from idm.identity.server.snapshot import Snapshot, SnapshotError
+
+    path = args.snapshot or str(config.server.snapshot)
+    try:
+        snap = Snapshot(path)
+        snap.check_fresh()
+    except SnapshotError as exc:
+        raise Denied(str(exc)) from None
+    return snap
+
+
+# -- the three modes -------------------------------------------------------------------------
+
+
+def _decode_blob(text: str) -> bytes:
+    if len(text) > MAX_KEYBLOB_CHARS:
+        raise Denied(f"malformed key from sshd (%k): {len(text)} characters is too long")
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise Denied("malformed key from sshd (%k): not base64") from None
+    if not raw:
+        raise Denied("malformed key from sshd (%k): empty")
+    return raw
+
+
+def _plain(args: _Args, snap) -> list[str]:  # type: ignore[no-untyped-def]
+    from idm.identity.server.snapshot import key_digest
+
+    assert args.key_type is not None and args.key_blob is not None
+    raw = _decode_blob(args.key_blob)
+    digest = key_digest(raw)
+    what = f"user {args.user} key {args.key_type} {_ssh_fingerprint(raw)}"
+    entries = snap.keys_for_digest(digest)
+    if not entries:
+        denials = snap.denied_for_digest(digest)
+        if denials:
+            d = denials[0]
+            why = f": {d.reason}" if d.reason else ""
+            raise Denied(f"{what}: certificate {d.certificate[:16]} is {d.status}{why}")
+        raise Denied(f"{what}: no approved, valid certificate holds this key")
+    mine = [e for e in entries if e.username == args.user]
+    if not mine:
+        others = ", ".join(sorted({e.username for e in entries}))
+        raise Denied(
+            f"{what}: certificate {entries[0].certificate[:16]} ({entries[0].subject}) is "
+            f"mapped to {others}, not to {args.user}"
+        )
+    if any(e.key_type != args.key_type for e in mine):
+        raise Denied(f"{what}: key type does not match the key ({mine[0].key_type})")
+    fresh = [e for e in mine if e.valid_until > snap.now]
+    if not fresh:
+        e = mine[0]
+        raise Denied(
+            f"{what}: certificate {e.certificate[:16]} ({e.subject}) is no longer fresh "
+            f"(until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(e.valid_until))}); "
+            "run `idm refresh`"
+        )
+    _log(f"{what}: certificate {fresh[0].certificate[:16]} ({fresh[0].subject}) by rule "
+         f"{fresh[0].rule}", args.log_file, denied=False)
+    return sorted({e.line for e in fresh})
+
+
+def _all_for_user(args: _Args, snap) -> list[str]:  # type: ignore[no-untyped-def]
+    fresh = [e for e in snap.keys_for_user(args.user) if e.valid_until > snap.now]
+    if not fresh:
+        raise Denied(f"user {args.user}: no fresh certificate is mapped to this user")
+    return sorted({e.line for e in fresh})
+
+
+def main(argv: list[str]) -> int:
+    """Run the helper; returns the exit status (0: lines printed)."""
+    log_file: str | None = None
+    try:
+        try:
+            args = _parse(argv)
+        except _Help:
+            sys.stdout.write(USAGE)
+            return 0
+        log_file = args.log_file
+        config = _config(args)
+        snap = _open_snapshot(args, config)
+        try:
+            if args.key_type is None:
+                lines = _all_for_user(args, snap)
+            elif args.key_type.startswith("x509v3-"):
+                from idm.identity.server.x509_login import authorize_x509
+
+                lines = authorize_x509(args.user, args.key_type, _decode_blob(args.key_blob or ""),
+                                       config, snap, args.log_file)
+            else:
+                lines = _plain(args, snap)
+        finally:
+            snap.close()
+        out = "".join(line + "\n" for line in lines)
+        try:
+            sys.stdout.write(out)
+            sys.stdout.flush()
+        except (BrokenPipeError, OSError):
+            return EXIT_DENIED
+        return 0
+    except Denied as exc:
+        _log(str(exc), log_file, denied=True)
+        return EXIT_USAGE if str(exc).startswith("usage:") else EXIT_DENIED
+    except Exception as exc:  # noqa: BLE001 - fail closed, one line, never a traceback
+        _log(f"internal error: {type(exc).__name__}: {exc}", log_file, denied=True)
+        return EXIT_DENIED
+    except KeyboardInterrupt:
+        _log("interrupted", log_file, denied=True)
+        return EXIT_DENIED

@@ -1,0 +1,239 @@
+"""Certificate → login user: the ordered mapping rules of ``[server] mapping``.
+
+A certificate maps to the users named by the FIRST rule, in the configured order, that
+names any user; later rules are not consulted. So with the default order
+``["principals", "email", "upn", "cn"]`` an explicit authorization overrides the automatic
+rules, and a certificate with an e-mail address is never mapped by its CN as well.
+
+Rules:
+
+``principals``
+    Explicit authorizations: ``idm allow USER --subject DN`` / ``--principal NAME`` rows
+    of the inventory, and one file per user in ``[server] principals_dir`` (the file's
+    name is the user name; each line a subject DN — any line containing ``=`` — or a
+    principal name; ``#`` starts a comment). A DN matches a certificate whose subject is
+    the same distinguished name (attribute types and values compared, not spacing). A
+    principal name matches the certificate's subject CN, any SAN e-mail address or any
+    SAN UPN, compared exactly (e-mail and UPN domains case-insensitively).
+``email``
+    The local part of each SAN rfc822Name (``alice@example.org`` → ``alice``).
+``upn``
+    The local part of each SAN otherName UPN (1.3.6.1.4.1.311.20.2.3).
+``cn``
+    The subject's commonName.
+
+Names that are not usable as a Unix user name (empty, with ``/``, whitespace or control
+characters, or starting with ``-``) are ignored, never mapped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+RULES = ("principals", "email", "upn", "cn")
+# What a Unix user name may look like here (POSIX portable set plus @ for AD-style names).
+_USERNAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.@-]{0,255}$")
+MAX_PRINCIPALS_FILE = 1 << 20
+
+
+class MappingError(ValueError):
+    """A mapping rule or principals file cannot be used (one-line message)."""
+
+
+def valid_username(name: str) -> bool:
+    """True when ``name`` is acceptable as a login user name."""
+    return bool(_USERNAME.match(name)) and not name.startswith("-")
+
+
+@dataclass(frozen=True)
+class Explicit:
+    """One explicit authorization: USER may log in with certificates matching ``value``."""
+
+    username: str
+    kind: str  # "subject" or "principal"
+    value: str
+
+
+def _der_utf8(value: bytes) -> str | None:
+    """Decode a DER UTF8String (tag 0x0C), as found in a UPN otherName; None if not one."""
+    if len(value) < 2 or value[0] != 0x0C:
+        return None
+    length = value[1]
+    offset = 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or len(value) < 2 + count:
+            return None
+        length = int.from_bytes(value[2 : 2 + count], "big")
+        offset = 2 + count
+    if offset + length != len(value):
+        return None
+    try:
+        return value[offset:].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class CertificateNames:
+    """The names in a certificate that the rules look at."""
+
+    subject: x509.Name
+    common_names: tuple[str, ...]
+    emails: tuple[str, ...]
+    upns: tuple[str, ...]
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> CertificateNames:
+        cns = tuple(
+            str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        )
+        emails: list[str] = []
+        upns: list[str] = []
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = None
+        except ValueError as exc:  # a malformed SAN: map by nothing from it
+            raise MappingError(f"certificate has a malformed subjectAltName: {exc}") from None
+        if san is not None:
+            emails = [str(e) for e in san.get_values_for_type(x509.RFC822Name)]
+            for other in san.get_values_for_type(x509.OtherName):
+                if other.type_id == UPN_OID:
+                    text = _der_utf8(other.value)
+                    if text:
+                        upns.append(text)
+        return cls(cert.subject, cns, tuple(emails), tuple(upns))
+
+    def principal_names(self) -> set[str]:
+        """What ``--principal NAME`` is compared with (domains lower-cased)."""
+        names = set(self.common_names)
+        names.update(_fold_domain(e) for e in self.emails)
+        names.update(_fold_domain(u) for u in self.upns)
+        return names
+
+
+def _fold_domain(address: str) -> str:
+    local, sep, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if sep else address
+
+
+def _local_part(address: str) -> str | None:
+    local, sep, _domain = address.rpartition("@")
+    return local if sep and local else None
+
+
+def parse_dn(text: str) -> x509.Name:
+    """An RFC 4514 DN (``CN=alice,O=Example,C=XX``); MappingError if it cannot be parsed."""
+    try:
+        return x509.Name.from_rfc4514_string(text.strip())
+    except ValueError as exc:
+        raise MappingError(f"{text!r} is not a distinguished name: {exc}") from None
+
+
+def _same_dn(a: x509.Name, b: x509.Name) -> bool:
+    # Attribute types and values in order; value case is significant except for domain-ish
+    # types, which we do not try to guess: exact equality is the safe choice.
+    return [(x.oid, x.value) for x in a] == [(y.oid, y.value) for y in b]
+
+
+def read_principals_dir(directory: Path | None) -> list[Explicit]:
+    """The explicit authorizations in ``principals_dir`` (one file per user)."""
+    if directory is None:
+        return []
+    try:
+        files = sorted(p for p in Path(directory).iterdir() if p.is_file())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise MappingError(f"cannot read principals_dir {directory}: {exc.strerror}") from None
+    found: list[Explicit] = []
+    for path in files:
+        user = path.name
+        if user.startswith(".") or not valid_username(user):
+            continue
+        try:
+            data = path.read_bytes()[:MAX_PRINCIPALS_FILE]
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MappingError(f"cannot read principals file {path}: {exc}") from None
+        for n, raw in enumerate(text.splitlines(), start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if "=" in line:
+                parse_dn(line)  # reject a broken DN now, with its file and line
+                found.append(Explicit(user, "subject", line))
+            else:
+                found.append(Explicit(user, "principal", line))
+            if n > 100_000:
+                break
+    return found
+
+
+@dataclass
+class Mapper:
+    """Applies the ordered rules to certificates.
+
+    ``explicit`` holds the inventory's ``idm allow`` rows and the principals files.
+    """
+
+    rules: Sequence[str] = RULES
+    explicit: Sequence[Explicit] = ()
+    _subjects: list[tuple[x509.Name, str]] = field(default_factory=list, init=False)
+    _principals: dict[str, set[str]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.rules if r not in RULES]
+        if unknown:
+            raise MappingError(f"unknown mapping rule {unknown[0]!r} (rules: {', '.join(RULES)})")
+        for e in self.explicit:
+            if not valid_username(e.username):
+                continue
+            if e.kind == "subject":
+                self._subjects.append((parse_dn(e.value), e.username))
+            elif e.kind == "principal":
+                self._principals.setdefault(_fold_domain(e.value), set()).add(e.username)
+            else:
+                raise MappingError(f"unknown explicit authorization kind {e.kind!r}")
+
+    def users_by_rule(self, names: CertificateNames, rule: str) -> set[str]:
+        """The users one rule names for a certificate (possibly none)."""
+        users: set[str] = set()
+        if rule == "principals":
+            for dn, user in self._subjects:
+                if _same_dn(dn, names.subject):
+                    users.add(user)
+            for name in names.principal_names():
+                users.update(self._principals.get(name, ()))
+        elif rule == "email":
+            users.update(u for u in map(_local_part, names.emails) if u)
+        elif rule == "upn":
+            users.update(u for u in map(_local_part, names.upns) if u)
+        elif rule == "cn":
+            users.update(names.common_names)
+        return {u for u in users if valid_username(u)}
+
+    def map(self, cert: x509.Certificate) -> tuple[str | None, set[str]]:
+        """(deciding rule, users) for a certificate; (None, set()) when unmapped."""
+        names = CertificateNames.of(cert)
+        for rule in self.rules:
+            users = self.users_by_rule(names, rule)
+            if users:
+                return rule, users
+        return None, set()
+
+
+def explicit_from_records(records: Iterable[object]) -> list[Explicit]:
+    """Explicit authorizations from inventory ``PrincipalRecord`` rows."""
+    out = []
+    for r in records:
+        out.append(Explicit(r.username, r.kind, r.value))  # type: ignore[attr-defined]
+    return out

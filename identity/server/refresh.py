@@ -1,0 +1,336 @@
+"""``idm refresh``: re-validate approved certificates and write the login snapshot.
+
+One run:
+
+1. takes an exclusive lock next to the snapshot (two timers never interleave);
+2. reads the approved certificates, the explicit authorizations and the denied
+   certificates from the inventory (SQLite or PostgreSQL); if the database cannot be
+   reached it stops with one line and leaves the old snapshot in place, so logins go on
+   from it until its deadline;
+3. validates every approved certificate with the configured CA bundle and revocation
+   policy. Revocation status is asked afresh (OCSP, the CRL distribution points) rather
+   than taken from the cache, because the refresh is how a revocation reaches this
+   server; only when the fresh query fails does the cached status (still within its
+   nextUpdate) decide. A revoked certificate becomes ``revoked``, an expired one
+   ``expired`` (each with an event); a certificate whose status cannot be had now stays
+   approved but gets no key in the snapshot;
+4. maps each valid certificate to its users (mapping.py) and writes the snapshot
+   atomically (snapshot.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from idm.identity import sshwire as w
+from idm.identity.config import Config
+from idm.identity.inventory.store import CertificateRecord, Inventory, InventoryError
+from idm.identity.server.mapping import Mapper, MappingError, explicit_from_records
+from idm.identity.server.mapping import read_principals_dir as read_principals_files
+from idm.identity.server.snapshot import (
+    DeniedEntry,
+    KeyEntry,
+    Snapshot,
+    SnapshotError,
+    SnapshotInfo,
+    key_digest,
+    write_snapshot,
+)
+from idm.identity.server.validation import ServerValidation, SetupError
+from idm.validator import verdict as v
+from idm.validator.revocation.store import CrlInfo, OcspRecord, RevocationStore, RevokedEntry
+
+DENIED_STATUSES = ("revoked", "superseded", "rejected", "expired")
+
+
+class RefreshError(Exception):
+    """The refresh could not run; the previous snapshot is untouched (one-line message)."""
+
+
+class FreshFirstStore:
+    """A RevocationStore view that hides status cached before this run began.
+
+    The validator answers from its cache first; wrapping the cache like this makes it ask
+    the OCSP responder / CRL distribution point again, while everything learned during
+    this run (and every revoked serial ever seen) still counts. Writes go through.
+    """
+
+    def __init__(self, inner: RevocationStore) -> None:
+        self.inner = inner
+        self.seen_crls: set[str] = set()
+        self.fresh_ocsp: set[tuple[str, int]] = set()
+
+    def crl_known(self, issuer_key: str, crl_number: int) -> CrlInfo | None:
+        info = self.inner.crl_known(issuer_key, crl_number)
+        if info is not None:
+            self.seen_crls.add(info.sha256)
+        return info
+
+    def crl_by_sha256(self, sha256: str) -> CrlInfo | None:
+        info = self.inner.crl_by_sha256(sha256)
+        if info is not None:
+            self.seen_crls.add(info.sha256)
+        return info
+
+    def store_crl(self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]) -> None:
+        self.inner.store_crl(info, revoked)
+        self.seen_crls.add(info.sha256)
+
+    def current_crls(self, issuer_key: str, at: datetime) -> list[CrlInfo]:
+        return [c for c in self.inner.current_crls(issuer_key, at) if c.sha256 in self.seen_crls]
+
+    def revoked(self, issuer_key: str, serial: int, at: datetime) -> RevokedEntry | None:
+        return self.inner.revoked(issuer_key, serial, at)
+
+    def store_ocsp(self, record: OcspRecord) -> None:
+        self.inner.store_ocsp(record)
+        self.fresh_ocsp.add((record.issuer_key, record.serial))
+
+    def ocsp(self, issuer_key: str, serial: int, at: datetime) -> OcspRecord | None:
+        record = self.inner.ocsp(issuer_key, serial, at)
+        if record is None:
+            return None
+        # A cached "revoked" stays true; a cached "good" must be asked again.
+        if record.status == "revoked" or (issuer_key, serial) in self.fresh_ocsp:
+            return record
+        return None
+
+
+@dataclass
+class Change:
+    """A status change (or a certificate left out of the snapshot) made by the refresh."""
+
+    certificate: str
+    subject: str
+    status: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"certificate": self.certificate, "subject": self.subject,
+                "status": self.status, "reason": self.reason}
+
+
+@dataclass
+class RefreshResult:
+    """What one refresh did."""
+
+    snapshot: SnapshotInfo
+    checked: int
+    authorized: int
+    users: int
+    changes: list[Change] = field(default_factory=list)
+    left_out: list[Change] = field(default_factory=list)
+    denied: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "snapshot": str(self.snapshot.path),
+            "written_at": _iso(self.snapshot.written_at),
+            "deadline": _iso(self.snapshot.deadline),
+            "checked": self.checked,
+            "authorized": self.authorized,
+            "entries": self.snapshot.entries,
+            "users": self.users,
+            "denied": self.denied,
+            "changes": [c.as_dict() for c in self.changes],
+            "left_out": [c.as_dict() for c in self.left_out],
+            "warnings": self.warnings,
+        }
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+@contextlib.contextmanager
+def _locked(snapshot_path: Path) -> Iterator[None]:
+    snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = snapshot_path.with_name(snapshot_path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def comment_for(sha256: str, subject: str) -> str:
+    """The authorized_keys comment naming a certificate."""
+    return _printable(f"idm:{sha256[:16]} {subject}")
+
+
+def expiry_epoch(*times: datetime | None) -> int:
+    """The earliest of the given times, as Unix seconds (rounded down)."""
+    return int(min(t for t in times if t is not None).timestamp())
+
+
+def previous_deadline(path: Path) -> str:
+    """The deadline of the snapshot in place, for the failure message."""
+    try:
+        with Snapshot(path) as snap:
+            return f"the previous snapshot stays in place, valid until {_iso(snap.info.deadline)}"
+    except SnapshotError as exc:
+        return f"no usable previous snapshot ({exc})"
+
+
+def _load(inventory: Inventory) -> tuple[list[CertificateRecord], list[CertificateRecord], list]:
+    approved = inventory.certificates(status="approved")
+    denied = inventory.certificates(status=DENIED_STATUSES)
+    return approved, denied, inventory.principals()
+
+
+def refresh(
+    inventory: Inventory,
+    config: Config,
+    *,
+    snapshot_path: Path | None = None,
+    now: datetime | None = None,
+    command: str | None = None,
+) -> RefreshResult:
+    """Run one refresh (see the module docstring); RefreshError if it cannot."""
+    path = Path(snapshot_path or config.server.snapshot)
+    now = now or datetime.now(UTC)
+    try:
+        setup = ServerValidation.from_config(config)
+        file_principals = read_principals_files(config.server.principals_dir)
+    except (SetupError, MappingError) as exc:
+        raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
+    with _locked(path):
+        try:
+            approved, denied_records, db_principals = _load(inventory)
+        except InventoryError as exc:
+            raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
+        try:
+            mapper = Mapper(
+                config.server.mapping,
+                [*explicit_from_records(db_principals), *file_principals],
+            )
+        except MappingError as exc:
+            raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
+        try:
+            return _refresh(inventory, setup, mapper, approved, denied_records, db_principals,
+                            path, now, config.server.snapshot_lifetime, command)
+        except InventoryError as exc:
+            raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
+
+
+def _refresh(
+    inventory: Inventory,
+    setup: ServerValidation,
+    mapper: Mapper,
+    approved: list[CertificateRecord],
+    denied_records: list[CertificateRecord],
+    db_principals: list,
+    path: Path,
+    now: datetime,
+    lifetime: int,
+    command: str | None,
+) -> RefreshResult:
+    deadline = now + timedelta(seconds=lifetime)
+    cached = inventory.revocation_store()
+    fresh = FreshFirstStore(cached)
+    entries: list[KeyEntry] = []
+    changes: list[Change] = []
+    left_out: list[Change] = []
+    warnings: list[str] = []
+    denied: list[DeniedEntry] = []
+    revoked_keys: set[bytes] = set()
+
+    for rec in denied_records:
+        digest = key_digest(_plain_blob(rec))
+        denied.append(DeniedEntry(rec.sha256, digest, rec.status, rec.status_reason))
+        if rec.status == "revoked":
+            revoked_keys.add(digest)
+
+    users: set[str] = set()
+    authorized = 0
+    for rec in approved:
+        verdict = setup.validate(rec.der, store=fresh, at=now)
+        if verdict.status == v.REVOCATION_UNKNOWN:
+            # The responder or distribution point is unreachable now: cached status that
+            # is still within its nextUpdate is as good as it was when it was fetched.
+            verdict = setup.validate(rec.der, store=cached, at=now)
+        inventory.record_verdict(rec.sha256, verdict.status, verified_at=now,
+                                 fresh_until=verdict.fresh_until)
+        if verdict.status in (v.REVOKED, v.EXPIRED):
+            status = "revoked" if verdict.status == v.REVOKED else "expired"
+            inventory.set_status(rec.sha256, status, verdict.reason, command=command)
+            changes.append(Change(rec.sha256, rec.subject, status, verdict.reason))
+            digest = key_digest(_plain_blob(rec))
+            denied.append(DeniedEntry(rec.sha256, digest, status, verdict.reason))
+            if status == "revoked":
+                revoked_keys.add(digest)
+            continue
+        if not verdict.valid:
+            left_out.append(Change(rec.sha256, rec.subject, verdict.status, verdict.reason))
+            continue
+        cert = verdict.leaf or x509.load_der_x509_certificate(rec.der)
+        try:
+            rule, mapped = mapper.map(cert)
+        except MappingError as exc:
+            left_out.append(Change(rec.sha256, rec.subject, "unmapped", str(exc)))
+            continue
+        if not mapped:
+            left_out.append(Change(rec.sha256, rec.subject, "unmapped",
+                                   "no mapping rule names a user for this certificate"))
+            continue
+        key = w.KeyBlob.plain(cert.public_key())  # type: ignore[arg-type]
+        digest = key_digest(key.blob)
+        until = expiry_epoch(cert.not_valid_after_utc, verdict.fresh_until, deadline)
+        line = w.authorized_keys_line(
+            key,
+            comment_for(rec.sha256, rec.subject),
+            [w.expiry_time_option(datetime.fromtimestamp(until, UTC))],
+        )
+        authorized += 1
+        for user in sorted(mapped):
+            users.add(user)
+            entries.append(KeyEntry(digest, user, key.algorithm, until, rec.sha256,
+                                    rec.subject, rule or "", line))
+
+    # A key that any revoked certificate holds may be compromised: no other certificate
+    # of the same key authorizes it either.
+    kept = [e for e in entries if e.digest not in revoked_keys]
+    if len(kept) != len(entries):
+        warnings.append(f"{len(entries) - len(kept)} entries left out: their key is also in a "
+                        "revoked certificate")
+    info = write_snapshot(
+        path,
+        kept,
+        denied,
+        [(p.username, p.kind, p.value) for p in db_principals],
+        written_at=int(now.timestamp()),
+        deadline=int(deadline.timestamp()),
+        source=inventory.display_url,
+    )
+    return RefreshResult(info, len(approved), authorized, len(users), changes, left_out,
+                         len(denied), warnings)
+
+
+def _plain_blob(rec: CertificateRecord) -> bytes:
+    """The plain SSH blob of a certificate's key (from the DER, which is authoritative)."""
+    try:
+        cert = x509.load_der_x509_certificate(rec.der)
+        return w.KeyBlob.plain(cert.public_key()).blob  # type: ignore[arg-type]
+    except (ValueError, w.WireFormatError):
+        return rec.key_blob
+
+
+def certificate_sha256(der: bytes) -> str:
+    """The inventory's certificate id: SHA-256 hex of the DER."""
+    return hashlib.sha256(der).hexdigest()

@@ -1,0 +1,311 @@
+"""The login-time snapshot: what ``idm refresh`` decided, in a form sshd's helper reads fast.
+
+Standard library only: ``idm authorized-keys`` imports this at every login attempt.
+
+The snapshot is a small SQLite file. ``idm refresh`` writes it to a temporary file in the
+same folder and renames it over the old one, so a reader sees either the old or the new
+snapshot, never a mix; readers open it read-only and ``immutable`` (no locks, no journal
+files, nothing to write in a root-owned folder). Tables:
+
+``meta``
+    ``format`` (``idm-snapshot-1``), ``written_at`` and ``deadline`` (Unix seconds, UTC),
+    ``source`` (the inventory it came from, password hidden), ``entries``.
+``keys``
+    One row per (plain SSH key, user): ``digest`` (SHA-256 of the plain key blob, the
+    index), ``username``, ``key_type``, ``valid_until`` (Unix seconds: the earliest of the
+    certificate's notAfter, its verdict's freshness and the snapshot deadline),
+    ``certificate`` (SHA-256 hex), ``subject``, ``rule`` (which mapping rule matched) and
+    ``line`` (the complete authorized_keys line, formatted at refresh time).
+``denied``
+    Certificates that must never authorize anything (revoked, superseded, rejected,
+    expired): ``certificate``, ``digest``, ``status``, ``reason``. Used for the log line
+    on a refused login and by the X.509 path.
+``principals``
+    The explicit authorizations (``idm allow``) at refresh time, for the X.509 path, so
+    it needs no database at login.
+
+A snapshot past its ``deadline`` is stale and authorizes nothing. The deadline is
+``written_at + [server] snapshot_lifetime``; each entry also carries its own
+``valid_until``, so one certificate whose revocation status runs out early is refused on
+its own without making the whole snapshot stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT = "idm-snapshot-1"
+
+_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE keys (
+    digest BLOB NOT NULL,
+    username TEXT NOT NULL,
+    key_type TEXT NOT NULL,
+    valid_until INTEGER NOT NULL,
+    certificate TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE TABLE denied (
+    certificate TEXT PRIMARY KEY,
+    digest BLOB NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT
+) WITHOUT ROWID;
+CREATE TABLE principals (username TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL);
+"""
+_INDEXES = """
+CREATE INDEX keys_digest ON keys (digest);
+CREATE INDEX keys_username ON keys (username);
+CREATE INDEX denied_digest ON denied (digest);
+"""
+
+
+class SnapshotError(Exception):
+    """The snapshot is missing, unreadable, corrupt or stale (one-line reason)."""
+
+
+def key_digest(blob: bytes) -> bytes:
+    """The index of a plain SSH key blob in the snapshot: SHA-256 of its bytes."""
+    return hashlib.sha256(blob).digest()
+
+
+@dataclass(frozen=True)
+class KeyEntry:
+    """One authorized (key, user) pair."""
+
+    digest: bytes
+    username: str
+    key_type: str
+    valid_until: int
+    certificate: str
+    subject: str
+    rule: str
+    line: str
+
+
+@dataclass(frozen=True)
+class DeniedEntry:
+    """A certificate that authorizes nothing, and why."""
+
+    certificate: str
+    digest: bytes
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What a snapshot says about itself."""
+
+    path: Path
+    written_at: int
+    deadline: int
+    source: str
+    entries: int
+
+
+def write_snapshot(
+    path: str | os.PathLike[str],
+    entries: Iterable[KeyEntry],
+    denied: Iterable[DeniedEntry] = (),
+    principals: Iterable[tuple[str, str, str]] = (),
+    *,
+    written_at: int,
+    deadline: int,
+    source: str = "",
+) -> SnapshotInfo:
+    """Write a new snapshot atomically (temporary file in the same folder, then rename).
+
+    The file is made readable by everyone (0644): it holds public keys and names only, and
+    sshd's AuthorizedKeysCommandUser must read it.
+    """
+    target = Path(path)
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            # Nothing reads the temporary file: no journal, and one fsync at the end.
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute("BEGIN")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            count = 0
+
+            def rows() -> Iterator[tuple[object, ...]]:
+                nonlocal count
+                for e in entries:
+                    count += 1
+                    yield (e.digest, e.username, e.key_type, int(e.valid_until),
+                           e.certificate, e.subject, e.rule, e.line)
+
+            conn.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows())
+            conn.executemany(
+                "INSERT OR REPLACE INTO denied VALUES (?, ?, ?, ?)",
+                ((d.certificate, d.digest, d.status, d.reason) for d in denied),
+            )
+            conn.executemany("INSERT INTO principals VALUES (?, ?, ?)", principals)
+            for statement in _INDEXES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [
+                    ("format", FORMAT),
+                    ("written_at", str(int(written_at))),
+                    ("deadline", str(int(deadline))),
+                    ("source", source),
+                    ("entries", str(count)),
+                ],
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return SnapshotInfo(target, int(written_at), int(deadline), source, count)
+
+
+class Snapshot:
+    """A snapshot opened for reading; checks format, completeness and freshness on open."""
+
+    def __init__(self, path: str | os.PathLike[str], *, now: float | None = None) -> None:
+        self.path = Path(path)
+        self.now = time.time() if now is None else now
+        try:
+            size = os.stat(self.path).st_size
+        except FileNotFoundError:
+            raise SnapshotError(
+                f"snapshot {self.path} is missing (run `idm refresh`)"
+            ) from None
+        except OSError as exc:
+            raise SnapshotError(f"snapshot {self.path} is unreadable: {exc.strerror}") from None
+        try:
+            # immutable=1: the file is never changed in place (it is replaced by rename),
+            # so SQLite needs no locks and no -journal/-wal files next to it.
+            self._conn = sqlite3.connect(
+                f"file:{_uri_path(self.path)}?mode=ro&immutable=1", uri=True
+            )
+        except sqlite3.Error as exc:
+            raise SnapshotError(f"snapshot {self.path} is unreadable: {exc}") from None
+        try:
+            page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+            if pages * page_size != size:
+                raise SnapshotError(
+                    f"snapshot {self.path} is corrupt (size {size} does not match its "
+                    f"{pages} pages)"
+                )
+            meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise SnapshotError(f"snapshot {self.path} is corrupt: {exc}") from None
+        except SnapshotError:
+            self._conn.close()
+            raise
+        if meta.get("format") != FORMAT:
+            self._conn.close()
+            raise SnapshotError(f"snapshot {self.path} is corrupt: not an {FORMAT} file")
+        try:
+            self.info = SnapshotInfo(
+                self.path,
+                int(meta["written_at"]),
+                int(meta["deadline"]),
+                meta.get("source", ""),
+                int(meta.get("entries", "0")),
+            )
+        except (KeyError, ValueError):
+            self._conn.close()
+            raise SnapshotError(f"snapshot {self.path} is corrupt: bad meta data") from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_fresh(self) -> None:
+        """Raise SnapshotError when the snapshot is past its deadline."""
+        if self.now >= self.info.deadline:
+            raise SnapshotError(
+                f"snapshot {self.path} is stale: written {_utc(self.info.written_at)}, "
+                f"deadline {_utc(self.info.deadline)} has passed (is `idm refresh` running?)"
+            )
+
+    def _query(self, sql: str, args: tuple[object, ...]) -> list[tuple[object, ...]]:
+        try:
+            return self._conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise SnapshotError(f"snapshot {self.path} is corrupt: {exc}") from None
+
+    def keys_for_digest(self, digest: bytes) -> list[KeyEntry]:
+        """Every (user, certificate) entry of this key, fresh or not."""
+        rows = self._query("SELECT * FROM keys WHERE digest = ?", (digest,))
+        return [KeyEntry(*r) for r in rows]  # type: ignore[arg-type]
+
+    def keys_for_user(self, username: str) -> list[KeyEntry]:
+        """Every entry mapped to ``username``, fresh or not."""
+        rows = self._query("SELECT * FROM keys WHERE username = ?", (username,))
+        return [KeyEntry(*r) for r in rows]  # type: ignore[arg-type]
+
+    def denied_for_digest(self, digest: bytes) -> list[DeniedEntry]:
+        """Denied certificates holding this key."""
+        rows = self._query("SELECT * FROM denied WHERE digest = ?", (digest,))
+        return [DeniedEntry(*r) for r in rows]  # type: ignore[arg-type]
+
+    def denied_certificate(self, sha256: str) -> DeniedEntry | None:
+        """The denial of one certificate (by SHA-256 hex), or None."""
+        rows = self._query("SELECT * FROM denied WHERE certificate = ?", (sha256,))
+        return DeniedEntry(*rows[0]) if rows else None  # type: ignore[arg-type]
+
+    def principals(self) -> list[tuple[str, str, str]]:
+        """The explicit authorizations (username, kind, value) at refresh time."""
+        return [
+            (str(u), str(k), str(v))
+            for u, k, v in self._query("SELECT username, kind, value FROM principals", ())
+        ]
+
+    def all_keys(self) -> list[KeyEntry]:
+        """Every entry (for tests and diagnostics)."""
+        return [KeyEntry(*r) for r in self._query("SELECT * FROM keys", ())]  # type: ignore[arg-type]
+
+
+def _uri_path(path: Path) -> str:
+    # Only these three characters are special in an SQLite file: URI path.
+    text = str(path.absolute())
+    return text.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
+def _utc(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
