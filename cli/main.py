@@ -24,6 +24,9 @@ COMMANDS: dict[str, str] = {
     "show": "idm.cli.inventory:show_command",
     "events": "idm.cli.inventory:events_command",
     "db": "idm.cli.inventory:db_group",
+    "refresh": "idm.cli.server:refresh_command",
+    "allow": "idm.cli.server:allow_command",
+    "krl": "idm.cli.server:krl_command",
 }
 
 
