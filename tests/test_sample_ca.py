@@ -308,6 +308,8 @@ def test_state_records_every_certificate(shared_ca: SampleCA) -> None:
         assert out.strip() == f"serial={r['serial']}"
         assert r["subject"] == cert.subject.rfc4514_string()
         assert r["status"] == "valid" and r["revoked_at"] is None and r["reason"] is None
+    assert json.loads(shared_ca.run("list", "--json").stdout) == records
+    assert "users/alice.pem" in shared_ca.run("list").stdout
     assert [r["issuer"] for r in records] == ["root", "root", "intermediate"] + [
         "intermediate"
     ] * 2
