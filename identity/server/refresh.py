@@ -25,7 +25,7 @@ import fcntl
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 from cryptography import x509
 
 from idm.identity import sshwire as w
+from idm.identity.checker import CertificateChecker
 from idm.identity.config import Config
 from idm.identity.inventory.store import CertificateRecord, Inventory, InventoryError
 from idm.identity.server.mapping import Mapper, MappingError, explicit_from_records
@@ -46,7 +47,6 @@ from idm.identity.server.snapshot import (
     key_digest,
     write_snapshot,
 )
-from idm.identity.server.validation import ServerValidation, SetupError
 from idm.validator import verdict as v
 from idm.validator.revocation.store import CrlInfo, OcspRecord, RevocationStore, RevokedEntry
 
@@ -206,14 +206,17 @@ def refresh(
     path = Path(snapshot_path or config.server.snapshot)
     now = now or datetime.now(UTC)
     try:
-        setup = ServerValidation.from_config(config)
         file_principals = read_principals_files(config.server.principals_dir)
-    except (SetupError, MappingError) as exc:
+    except MappingError as exc:
         raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
     with _locked(path):
         try:
             approved, denied_records, db_principals = _load(inventory)
         except InventoryError as exc:
+            raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
+        try:
+            checker = CertificateChecker.from_config(config, inventory)
+        except ValueError as exc:  # CheckerError, a malformed bundle or policy value
             raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
         try:
             mapper = Mapper(
@@ -223,7 +226,7 @@ def refresh(
         except MappingError as exc:
             raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
         try:
-            return _refresh(inventory, setup, mapper, approved, denied_records, db_principals,
+            return _refresh(inventory, checker, mapper, approved, denied_records, db_principals,
                             path, now, config.server.snapshot_lifetime, command)
         except InventoryError as exc:
             raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
@@ -231,7 +234,7 @@ def refresh(
 
 def _refresh(
     inventory: Inventory,
-    setup: ServerValidation,
+    checker: CertificateChecker,
     mapper: Mapper,
     approved: list[CertificateRecord],
     denied_records: list[CertificateRecord],
@@ -242,8 +245,7 @@ def _refresh(
     command: str | None,
 ) -> RefreshResult:
     deadline = now + timedelta(seconds=lifetime)
-    cached = inventory.revocation_store()
-    fresh = FreshFirstStore(cached)
+    fresh = replace(checker, store=FreshFirstStore(checker.store))
     entries: list[KeyEntry] = []
     changes: list[Change] = []
     left_out: list[Change] = []
@@ -260,11 +262,11 @@ def _refresh(
     users: set[str] = set()
     authorized = 0
     for rec in approved:
-        verdict = setup.validate(rec.der, store=fresh, at=now)
+        verdict = fresh.check(rec.der, at=now)
         if verdict.status == v.REVOCATION_UNKNOWN:
             # The responder or distribution point is unreachable now: cached status that
             # is still within its nextUpdate is as good as it was when it was fetched.
-            verdict = setup.validate(rec.der, store=cached, at=now)
+            verdict = checker.check(rec.der, at=now)
         inventory.record_verdict(rec.sha256, verdict.status, verified_at=now,
                                  fresh_until=verdict.fresh_until)
         if verdict.status in (v.REVOKED, v.EXPIRED):

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from idm.identity import sshwire as w
+from idm.identity.checker import CertificateChecker
 from idm.identity.config import Config
 from idm.identity.server.authorized_keys import Denied, _log
 from idm.identity.server.mapping import Explicit, Mapper, MappingError, read_principals_dir
 from idm.identity.server.refresh import comment_for, expiry_epoch
 from idm.identity.server.snapshot import Snapshot, key_digest
-from idm.identity.server.validation import ServerValidation, SetupError
 from idm.validator.revocation.store import (
     CrlInfo,
     MemoryRevocationStore,
@@ -117,9 +117,10 @@ def authorize_x509(
         if d.status == "revoked":
             raise Denied(f"{what}: its key is in revoked certificate {d.certificate[:16]}")
     try:
-        setup = ServerValidation.from_config(config)
-    except SetupError as exc:
+        checker = CertificateChecker.from_config(config)
+    except ValueError as exc:  # CheckerError, a malformed bundle or policy value
         raise Denied(f"configuration: {exc}") from None
+    checker.store = _store(config)
     from cryptography import x509
 
     extra = []
@@ -128,7 +129,7 @@ def authorize_x509(
             extra.append(x509.load_der_x509_certificate(der))
         except ValueError:
             raise Denied(f"{what}: a certificate of the presented chain is malformed") from None
-    verdict = setup.validate(cert, store=_store(config), extra_intermediates=extra)
+    verdict = checker.check(cert, intermediates=extra)
     if not verdict.valid:
         raise Denied(f"{what}: {verdict.status}: {verdict.reason}")
     try:
