@@ -170,6 +170,10 @@ def agent(
         server.close()
         raise UserError(str(exc)) from None
 
+    # Before the fork, so that a TERM arriving right after the parent printed the pid
+    # still ends the child cleanly (socket and folder removed).
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: server.shutdown())
     if not (foreground or debug):
         sys.stdout.flush()
         child = os.fork()
@@ -184,8 +188,6 @@ def agent(
         sys.stdout.flush()
 
     _setup_logging(debug, foreground)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda *_: server.shutdown())
     try:
         server.serve_forever()
     finally:
