@@ -116,37 +116,21 @@ def _parse_at(value: str | None) -> datetime | None:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def _crl_files(path: Path) -> list[Path]:
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    return [path]
-
-
 def _load_crls(
-    sources: Sequence[str], fetcher: Any, offline: bool, warnings: list[str]
+    urls: Sequence[str], fetcher: Any, offline: bool, warnings: list[str]
 ) -> list[tuple[str, bytes]]:
-    """Read --crl/config CRLs: files and folders are input (errors exit 2), URLs network."""
+    """Download --crl URLs; a failed download is a warning (the policy decides)."""
     from idm.validator.errors import FetchError
 
     out: list[tuple[str, bytes]] = []
-    for src in sources:
-        if src.lower().startswith(("http://", "https://")):
-            if offline:
-                warnings.append(f"{src}: not fetched (offline)")
-                continue
-            try:
-                out.append((src, fetcher.get_crl(src)))
-            except FetchError as e:
-                warnings.append(str(e))
+    for url in urls:
+        if offline:
+            warnings.append(f"{url}: not fetched (offline)")
             continue
-        path = Path(src)
-        if not path.exists():
-            raise UserError(f"--crl {src}: no such file or folder")
-        for f in _crl_files(path):
-            try:
-                out.append((str(f), f.read_bytes()))
-            except OSError as e:
-                raise UserError(f"{f}: cannot read ({e.strerror or e})") from None
+        try:
+            out.append((url, fetcher.get_crl(url)))
+        except FetchError as e:
+            warnings.append(str(e))
     return out
 
 
@@ -263,59 +247,44 @@ def verify(
     Exit status: 0 when every target is valid, 1 when any is not, 2 for usage or
     input errors.
     """
-    from idm.validator.api import validate
-    from idm.validator.bundle import load_bundle, parse_certificate
+    from idm.identity.checker import CertificateChecker, CheckerError, fetcher_from_config
+    from idm.validator.bundle import parse_certificate
     from idm.validator.errors import MalformedInputError
-    from idm.validator.policy import Policy, PolicyError
-    from idm.validator.revocation.fetch import Fetcher
+    from idm.validator.policy import PolicyError
     from idm.validator.revocation.store import MemoryRevocationStore
 
     config = app.config
-    vconf, rconf = config.validation, config.revocation
-    anchors_paths = list(ca) or [str(p) for p in vconf.ca]
-    if not anchors_paths:
-        raise UserError(
-            "no trust anchors: give --ca PATH or set [validation] ca in the configuration"
-        )
     moment = _parse_at(at)
-    try:
-        anchors = load_bundle(anchors_paths)
-        pool = load_bundle(list(untrusted) or [str(p) for p in vconf.untrusted])
-        policy = Policy(
-            purpose=purpose or vconf.purpose,
-            client_ekus=tuple(vconf.client_ekus),
-            revocation=revocation or rconf.policy,
-            budget_seconds=vconf.budget_seconds,
-            max_intermediates=vconf.max_intermediates,
-            max_pool=vconf.max_pool,
-            ocsp_url=ocsp_url or rconf.ocsp_url,
-            ocsp_max_age=rconf.ocsp_max_age,
-            offline=rconf.offline if offline is None else offline,
-        )
-    except (MalformedInputError, PolicyError) as e:
-        raise UserError(str(e)) from None
-    if not anchors:
-        raise UserError(f"no certificates found in {', '.join(anchors_paths)}")
-    fetcher = Fetcher(
-        connect_timeout=rconf.connect_timeout,
-        read_timeout=rconf.read_timeout,
-        crl_max_bytes=rconf.crl_max_bytes,
-        ocsp_max_bytes=rconf.ocsp_max_bytes,
+    fetcher = fetcher_from_config(config)
+    overrides = dict(
+        purpose=purpose, revocation=revocation, ocsp_url=ocsp_url, offline=offline or None
     )
+    effective_offline = bool(offline) or config.revocation.offline
     warnings: list[str] = []
-    crl_sources = list(crl) + [str(p) for p in rconf.crl]
-    crls = (
-        _load_crls(crl_sources, fetcher, policy.offline, warnings)
-        if (policy.revocation != "off")
-        else []
-    )
+    urls = [c for c in crl if c.lower().startswith(("http://", "https://"))]
+    paths = [c for c in crl if c not in urls]
+    for p in paths:
+        if not Path(p).exists():
+            raise UserError(f"--crl {p}: no such file or folder")
+    skip_revocation = (revocation or config.revocation.policy) == "off"
+    extra = [] if skip_revocation else _load_crls(urls, fetcher, effective_offline, warnings)
+    use_cache = not (no_cache or skip_revocation)
+    try:
+        checker = CertificateChecker.from_config(
+            config,
+            app.inventory() if use_cache else None,
+            ca=[Path(c) for c in ca],
+            untrusted=[Path(u) for u in untrusted],
+            crl_paths=[] if skip_revocation else [Path(p) for p in paths],
+            extra_crls=extra,
+            **overrides,
+        )
+    except (CheckerError, MalformedInputError, PolicyError) as e:
+        raise UserError(str(e)) from None
+    if not use_cache:
+        checker.store = MemoryRevocationStore()
     for w in warnings:
         click.echo(f"idm: warning: {w}", err=True)
-    store: Any
-    if no_cache or policy.revocation == "off":
-        store = MemoryRevocationStore()
-    else:
-        store = app.inventory().revocation_store()
 
     any_invalid = False
     input_error = False
@@ -330,7 +299,7 @@ def verify(
             continue
         try:
             leaf = parse_certificate(resolved.leaf_der, target)
-            extra = [parse_certificate(d, target) for d in resolved.intermediates]
+            extra_certs = [parse_certificate(d, target) for d in resolved.intermediates]
         except MalformedInputError as e:
             # Only reachable for inventory or token objects: files were parsed already.
             any_invalid = True
@@ -340,16 +309,7 @@ def verify(
                 click.echo(f"{target}: malformed: {e}")
             continue
         try:
-            verdict = validate(
-                leaf,
-                anchors=anchors,
-                intermediates=[*extra, *pool],
-                policy=policy,
-                at=moment,
-                store=store,
-                fetcher=fetcher,
-                crls=crls,
-            )
+            verdict = checker.check(leaf, intermediates=extra_certs, at=moment)
         except MalformedInputError as e:  # a --crl file that is not a CRL
             raise UserError(str(e)) from None
         if resolved.inventory_sha256 is not None:
