@@ -39,7 +39,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 RULES = ("principals", "email", "upn", "cn")
 # What a Unix user name may look like here (POSIX portable set plus @ for AD-style names).
-_USERNAME = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.@-]{0,255}$")
+_USERNAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.@-]{0,255}")
 MAX_PRINCIPALS_FILE = 1 << 20
 
 
@@ -49,7 +49,7 @@ class MappingError(ValueError):
 
 def valid_username(name: str) -> bool:
     """True when ``name`` is acceptable as a login user name."""
-    return bool(_USERNAME.match(name)) and not name.startswith("-")
+    return bool(_USERNAME.fullmatch(name)) and not name.startswith("-")
 
 
 @dataclass(frozen=True)
@@ -130,12 +130,44 @@ def _local_part(address: str) -> str | None:
     return local if sep and local else None
 
 
+def _tidy_dn(text: str) -> str:
+    """Drop blanks around unescaped RDN separators (``CN=a, O=b`` → ``CN=a,O=b``)."""
+    out: list[str] = []
+    escaped = False
+    skip_blanks = False
+    for c in text.strip():
+        if escaped:
+            out.append(c)
+            escaped = False
+            continue
+        if c == "\\":
+            escaped = True
+            skip_blanks = False
+            out.append(c)
+            continue
+        if c in ",+":
+            while out and out[-1] == " " and not (len(out) > 1 and out[-2] == "\\"):
+                out.pop()
+            out.append(c)
+            skip_blanks = True
+            continue
+        if skip_blanks and c == " ":
+            continue
+        skip_blanks = False
+        out.append(c)
+    return "".join(out)
+
+
 def parse_dn(text: str) -> x509.Name:
     """An RFC 4514 DN (``CN=alice,O=Example,C=XX``); MappingError if it cannot be parsed."""
     try:
-        return x509.Name.from_rfc4514_string(text.strip())
+        name = x509.Name.from_rfc4514_string(_tidy_dn(text))
     except ValueError as exc:
-        raise MappingError(f"{text!r} is not a distinguished name: {exc}") from None
+        detail = str(exc) or "malformed"
+        raise MappingError(f"{text!r} is not a distinguished name: {detail}") from None
+    if not len(name):
+        raise MappingError(f"{text!r} is not a distinguished name: it is empty")
+    return name
 
 
 def _same_dn(a: x509.Name, b: x509.Name) -> bool:
