@@ -26,7 +26,7 @@ from cryptography import x509
 
 from idm.validator import verdict as v
 from idm.validator.chain import is_self_signed, validate_chain
-from idm.validator.errors import FetchError, MalformedInputError
+from idm.validator.errors import PARSE_ERRORS, FetchError, MalformedInputError
 from idm.validator.policy import HARD_FAIL, OFF, REQUIRE, SOFT_FAIL, Policy, purpose_problem
 from idm.validator.revocation.crl import CrlError, ca_key, index_crl
 from idm.validator.revocation.fetch import Fetcher
@@ -75,7 +75,7 @@ def validate(
         return _validate(cert, anchors, intermediates, policy, at, store, fetcher, crls)
     except MalformedInputError:
         raise
-    except ValueError as e:
+    except PARSE_ERRORS as e:
         # cryptography parses extensions lazily: a broken one surfaces here.
         return Verdict(False, v.MALFORMED, f"certificate could not be parsed: {e}", leaf=cert)
 

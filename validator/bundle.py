@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from idm.validator.errors import MalformedInputError
+from idm.validator.errors import PARSE_ERRORS, MalformedInputError
 
 PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 # Extensions picked up when a CA folder is scanned; anything else (README, .0 hash links
@@ -28,7 +28,7 @@ def parse_certificates(data: bytes, what: str = "input") -> list[x509.Certificat
     if PEM_CERT_BEGIN in data:
         try:
             certs = x509.load_pem_x509_certificates(data)
-        except ValueError as e:
+        except PARSE_ERRORS as e:
             raise MalformedInputError(f"{what}: malformed PEM certificate ({e})") from None
         if not certs:
             raise MalformedInputError(f"{what}: no certificate in PEM data")
@@ -37,7 +37,7 @@ def parse_certificates(data: bytes, what: str = "input") -> list[x509.Certificat
         raise MalformedInputError(f"{what}: PEM data holds no CERTIFICATE block")
     try:
         return [x509.load_der_x509_certificate(data)]
-    except ValueError:
+    except PARSE_ERRORS:
         raise MalformedInputError(f"{what}: neither a PEM nor a DER certificate") from None
 
 

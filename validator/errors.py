@@ -1,5 +1,7 @@
 """Exceptions of idm.validator: each carries a one-line message for the user."""
 
+from cryptography.x509 import InvalidVersion
+
 
 class ValidatorError(Exception):
     """Base class of the validator's own errors."""
@@ -11,3 +13,8 @@ class MalformedInputError(ValidatorError, ValueError):
 
 class FetchError(ValidatorError):
     """An HTTP download of a CRL or an OCSP exchange failed (timeout, size, status...)."""
+
+
+# What `cryptography` raises on malformed DER: ValueError, and InvalidVersion (which is
+# not a ValueError).
+PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, InvalidVersion)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from idm.validator.errors import MalformedInputError, ValidatorError
+from idm.validator.errors import PARSE_ERRORS, MalformedInputError, ValidatorError
 from idm.validator.revocation.store import CrlInfo, RevocationStore, issuer_key_from_parts
 
 
@@ -39,7 +39,7 @@ def load_crl(data: bytes, what: str = "CRL") -> x509.CertificateRevocationList:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_crl(data)
         return x509.load_der_x509_crl(data)
-    except ValueError as e:
+    except PARSE_ERRORS as e:
         raise MalformedInputError(f"{what}: malformed CRL ({e})") from None
 
 
@@ -108,8 +108,22 @@ def index_crl(
         return IndexedCrl(held, None, False)
     crl = load_crl(data, source)
     try:
+        return _index_loaded(crl, digest, source, candidates, store)
+    except PARSE_ERRORS as e:
+        # cryptography parses lazily: a broken field surfaces on first access.
+        raise MalformedInputError(f"{source}: malformed CRL ({e})") from None
+
+
+def _index_loaded(
+    crl: x509.CertificateRevocationList,
+    digest: str,
+    source: str,
+    candidates: Sequence[x509.Certificate],
+    store: RevocationStore,
+) -> IndexedCrl:
+    try:
         exts = crl.extensions
-    except ValueError as e:
+    except PARSE_ERRORS as e:
         raise MalformedInputError(f"{source}: malformed CRL extensions ({e})") from None
     for ext in exts:
         if isinstance(ext.value, x509.DeltaCRLIndicator):
@@ -141,6 +155,6 @@ def index_crl(
             entries=len(crl),
         )
         store.store_crl(info, _entries(crl))  # type: ignore[arg-type]
-    except ValueError as e:
+    except PARSE_ERRORS as e:
         raise MalformedInputError(f"{source}: malformed CRL entry ({e})") from None
     return IndexedCrl(info, issuer, True)

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, SignatureAlgorithmOID
 
-from idm.validator.errors import MalformedInputError, ValidatorError
+from idm.validator.errors import PARSE_ERRORS, MalformedInputError, ValidatorError
 
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -177,8 +177,25 @@ def check_response(
     """Parse and check an OCSP response about `cert`; see the module docstring."""
     try:
         resp = ocsp.load_der_ocsp_response(data)
-    except ValueError as e:
+    except PARSE_ERRORS as e:
         raise MalformedInputError(f"{what}: malformed OCSP response ({e})") from None
+    try:
+        return _check_loaded(resp, cert, issuer, nonce=nonce, at=at, max_age=max_age, what=what)
+    except PARSE_ERRORS as e:
+        # cryptography parses lazily: a broken field surfaces on first access.
+        raise MalformedInputError(f"{what}: malformed OCSP response ({e})") from None
+
+
+def _check_loaded(
+    resp: ocsp.OCSPResponse,
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    *,
+    nonce: bytes | None,
+    at: datetime,
+    max_age: int,
+    what: str,
+) -> OcspStatus:
     if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
         raise OcspError(f"{what}: responder answered {resp.response_status.name.lower()}")
     try:
@@ -206,7 +223,7 @@ def check_response(
             raise OcspError(f"{what}: {e}") from None
         except UnsupportedAlgorithm:
             raise OcspError(f"{what}: unsupported hash algorithm in CertID") from None
-    except ValueError as e:
+    except PARSE_ERRORS as e:
         raise MalformedInputError(f"{what}: malformed OCSP response ({e})") from None
     this_update = single.this_update_utc
     next_update = single.next_update_utc

@@ -174,8 +174,9 @@ class MemoryRevocationStore:
             info.crl_number is not None and self.crl_known(info.issuer_key, info.crl_number)
         ):
             return
+        entries = list(revoked)  # may raise mid-way: change nothing until it is complete
         self._crls[info.sha256] = info
-        for serial, revoked_at, reason in revoked:
+        for serial, revoked_at, reason in entries:
             entry = RevokedEntry(
                 info.issuer_key, serial, revoked_at, reason, info.crl_number, info.sha256
             )
