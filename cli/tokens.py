@@ -63,7 +63,8 @@ def tokens_command(app: AppContext, providers: tuple[str, ...], as_json: bool) -
 
     provider_set = open_providers(app, providers)
     try:
-        tokens = provider_set.tokens()
+        # Re-initialize first: some modules (SoftHSM2) only see new cards after C_Initialize.
+        tokens = provider_set.tokens(rescan=True)
     except TokenError as exc:
         raise UserError(str(exc)) from None
     lookup = _inventory_state(app)
