@@ -35,7 +35,10 @@ class AgentClient:
     def _recv_exact(self, n: int) -> bytes | None:
         buf = b""
         while len(buf) < n:
-            chunk = self.sock.recv(n - len(buf))
+            try:
+                chunk = self.sock.recv(n - len(buf))
+            except ConnectionResetError:  # closed by the agent with our bytes unread
+                return None
             if not chunk:
                 return None
             buf += chunk
