@@ -81,7 +81,11 @@ class IdentitySource(Protocol):
     """
 
     def identities(self, kind: SocketKind) -> Sequence[AgentIdentity]:
-        """The identities to list on a socket of ``kind``, now (expired ones gone)."""
+        """The identities to list on a socket of ``kind``, now (expired ones gone).
+
+        Called for every list and sign request: keep it cheap, and hand out the same
+        :class:`AgentIdentity` objects while nothing changed (each caches its parsed blob).
+        """
         ...
 
     def sign(self, identity: AgentIdentity, request: w.KeyBlob, data: bytes, flags: int) -> bytes:

@@ -46,9 +46,9 @@ def test_add_list_remove_keys(idm_agent: IdmAgent, short_dir: Path) -> None:
     # -d removes exactly that key (ssh-add -d reads the .pub next to the key)
     r = idm_agent.ssh_add("-d", str(keys[0]))
     assert r.returncode == 0, r.stderr
-    listed = idm_agent.ssh_add("-l").stdout
-    assert fingerprint(keys[0].with_suffix(".pub")) not in listed
-    assert fingerprint(keys[1].with_suffix(".pub")) in listed
+    remaining = idm_agent.ssh_add("-l").stdout
+    assert fingerprint(keys[0].with_suffix(".pub")) not in remaining
+    assert fingerprint(keys[1].with_suffix(".pub")) in remaining
     # removing it again fails
     assert idm_agent.ssh_add("-d", str(keys[0])).returncode != 0
 
