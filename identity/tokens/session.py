@@ -1190,12 +1190,13 @@ def _der_integer(value: int) -> bytes:
 
 def verify_signature(public_key: PublicKey, signature: bytes, data: bytes, hash_name: str) -> bool:
     """Check a token signature with `cryptography` (RSA PKCS#1 v1.5, or EC raw r||s)."""
-    algorithm = {
-        "sha1": hashes.SHA1,
-        "sha256": hashes.SHA256,
-        "sha384": hashes.SHA384,
-        "sha512": hashes.SHA512,
-    }[hash_name]()
+    algorithms: dict[str, hashes.HashAlgorithm] = {
+        "sha1": hashes.SHA1(),
+        "sha256": hashes.SHA256(),
+        "sha384": hashes.SHA384(),
+        "sha512": hashes.SHA512(),
+    }
+    algorithm = algorithms[hash_name]
     try:
         if isinstance(public_key, rsa.RSAPublicKey):
             public_key.verify(signature, data, padding.PKCS1v15(), algorithm)
