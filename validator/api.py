@@ -238,9 +238,10 @@ class _RevocationCheck:
         rec = self.store.ocsp(issuer_key, cert.serial_number, self.at)
         if rec is not None and rec.status == "revoked":
             when = rec.revoked_at.isoformat() if rec.revoked_at else "an unknown time"
+            why = f" ({rec.reason})" if rec.reason else ""
             return _CertResult(
                 "revoked",
-                f"{subject} (serial {cert.serial_number:x}) is revoked since {when} "
+                f"{subject} (serial {cert.serial_number:x}) is revoked since {when}{why} "
                 f"according to OCSP ({rec.url})",
                 needed,
                 [
