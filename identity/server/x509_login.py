@@ -3,8 +3,10 @@
 Imported only when sshd passes an ``x509v3-…`` key type: this path validates the
 presented certificate now, so it needs ``cryptography`` and the validator.
 
-The revocation cache is the inventory's when ``db`` is configured and reachable (read
-mostly; failures to write to it, e.g. a read-only SQLite file for the
+Revocation status is asked afresh at each login (OCSP, else the CRL distribution point),
+as PKIX-SSH itself does with OCSP; the cache decides only when that fails, within the
+cached data's nextUpdate. The cache is the inventory's when ``db`` is configured and
+reachable (failures to write to it, e.g. a read-only SQLite file for the
 AuthorizedKeysCommandUser, are ignored), else an in-memory one. Either way the policy is
 applied in full: under hard-fail, status that cannot be had refuses the login.
 """
@@ -21,7 +23,7 @@ from idm.identity.checker import CertificateChecker
 from idm.identity.config import Config
 from idm.identity.server.authorized_keys import Denied, _log
 from idm.identity.server.mapping import Explicit, Mapper, MappingError, read_principals_dir
-from idm.identity.server.refresh import comment_for, expiry_epoch
+from idm.identity.server.refresh import FreshFirstStore, comment_for, expiry_epoch
 from idm.identity.server.snapshot import Snapshot, key_digest
 from idm.validator.revocation.store import (
     CrlInfo,
@@ -120,7 +122,7 @@ def authorize_x509(
         checker = CertificateChecker.from_config(config)
     except ValueError as exc:  # CheckerError, a malformed bundle or policy value
         raise Denied(f"configuration: {exc}") from None
-    checker.store = _store(config)
+    cached = _store(config)
     from cryptography import x509
 
     extra = []
@@ -129,7 +131,13 @@ def authorize_x509(
             extra.append(x509.load_der_x509_certificate(der))
         except ValueError:
             raise Denied(f"{what}: a certificate of the presented chain is malformed") from None
+    # Like `idm refresh`: ask the responder / distribution point afresh, so a revocation
+    # counts at the next login; the cache decides only when they cannot be reached.
+    checker.store = FreshFirstStore(cached)
     verdict = checker.check(cert, intermediates=extra)
+    if verdict.status == "revocation-unknown":
+        checker.store = cached
+        verdict = checker.check(cert, intermediates=extra)
     if not verdict.valid:
         raise Denied(f"{what}: {verdict.status}: {verdict.reason}")
     try:

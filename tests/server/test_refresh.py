@@ -1,0 +1,212 @@
+"""`idm refresh`, the X.509 path of the helper, `idm allow`, and a fleet on PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from sample_ca_fixture import SampleCA, make_sample_ca, serving
+
+from idm.identity import sshwire as w
+from idm.identity.inventory.store import Inventory
+from idm.identity.server.snapshot import Snapshot, SnapshotError
+from tests.server.helpers import enroll, helper, idm, load_cert, plain_pub_line, write_config
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleCA]:
+    ca = make_sample_ca(tmp_path_factory.mktemp("refresh-ca"))
+    with serving(ca):
+        yield ca
+
+
+def setup(tmp_path: Path, ca: SampleCA, db: str | None = None, name: str = "srv",
+          **kw: object) -> Path:
+    db = db or f"sqlite:///{tmp_path / 'inventory.sqlite'}"
+    return write_config(tmp_path / f"{name}.toml", ca=ca.ca_bundle, untrusted=ca.chain,
+                        snapshot=tmp_path / name / "snapshot.sqlite", db=db, **kw)  # type: ignore[arg-type]
+
+
+def login_line(cfg: Path, user: str, cert: Path) -> subprocess.CompletedProcess[str]:
+    key_type, b64 = plain_pub_line(cert).split()[:2]
+    return helper("--config", str(cfg), user, key_type, b64)
+
+
+def test_refresh_updates_statuses_events_and_snapshot(tmp_path: Path, ca: SampleCA) -> None:
+    cfg = setup(tmp_path, ca)
+    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    good = enroll(inv, ca.user("r-good"))
+    gone = enroll(inv, ca.user("r-gone"))
+    old = enroll(inv, ca.user("r-old", "--not-before", "-3d", "--not-after", "-1d"))
+    odd = enroll(inv, ca.user("r-odd", "--no-email", "--cn", "Odd Person"))
+    ca.revoke(ca.user_cert("r-gone"), reason="keyCompromise")
+
+    proc = idm("refresh", "--json", config=cfg)
+    import json
+
+    result = json.loads(proc.stdout)
+    assert result["checked"] == 4 and result["authorized"] == 1
+    statuses = {c["certificate"]: c["status"] for c in result["changes"]}
+    assert statuses == {gone.sha256: "revoked", old.sha256: "expired"}
+    assert [c["certificate"] for c in result["left_out"]] == [odd.sha256]  # unmapped
+    assert inv.certificate(gone.sha256).status == "revoked"  # type: ignore[union-attr]
+    assert inv.certificate(old.sha256).status == "expired"  # type: ignore[union-attr]
+    assert inv.certificate(good.sha256).verdict_status == "valid"  # type: ignore[union-attr]
+    assert [e.kind for e in inv.events(gone.sha256)][-1] == "revoked"
+
+    assert login_line(cfg, "r-good", ca.user_cert("r-good")).returncode == 0
+    denied = login_line(cfg, "r-gone", ca.user_cert("r-gone"))
+    assert denied.returncode == 1 and "is revoked" in denied.stderr
+    assert login_line(cfg, "r-old", ca.user_cert("r-old")).returncode == 1
+    inv.close()
+
+
+def test_responder_down_keeps_cached_status_but_new_certificates_wait(
+    tmp_path: Path, ca: SampleCA
+) -> None:
+    # A CA of its own, so its server can be stopped without disturbing the other tests.
+    own = make_sample_ca(tmp_path, subdir="own-ca")
+    cfg = setup(tmp_path, own)
+    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    with serving(own):
+        enroll(inv, own.user("k-first"))
+        idm("refresh", config=cfg)
+    late = enroll(inv, own.user("k-late"))
+    out = idm("refresh", "--json", config=cfg).stdout  # OCSP and CRL now unreachable
+    assert '"authorized":1' in out
+    assert login_line(cfg, "k-first", own.user_cert("k-first")).returncode == 0
+    assert login_line(cfg, "k-late", own.user_cert("k-late")).returncode == 1
+    rec = inv.certificate(late.sha256)
+    assert rec is not None and rec.status == "approved"  # not rejected for an outage
+    assert rec.verdict_status == "revocation-unknown"
+    inv.close()
+
+
+def test_refresh_with_unreachable_database_keeps_the_old_snapshot(
+    tmp_path: Path, ca: SampleCA
+) -> None:
+    cfg = setup(tmp_path, ca)
+    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    enroll(inv, ca.user("d-user"))
+    idm("refresh", config=cfg)
+    before = (tmp_path / "srv" / "snapshot.sqlite").read_bytes()
+    dead = "postgresql+psycopg://idm@127.0.0.1:1/idm?connect_timeout=2"
+    proc = idm("refresh", config=cfg, db=dead, check=False)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("idm: error: refresh failed: cannot open the inventory")
+    assert "previous snapshot stays in place, valid until" in line
+    assert (tmp_path / "srv" / "snapshot.sqlite").read_bytes() == before
+    assert login_line(cfg, "d-user", ca.user_cert("d-user")).returncode == 0
+    inv.close()
+
+
+@pytest.mark.postgres
+def test_fleet_two_servers_one_postgresql_inventory(
+    tmp_path: Path, ca: SampleCA, postgres_url: str
+) -> None:
+    cfg_a = setup(tmp_path, ca, db=postgres_url, name="server-a", mapping=("email",))
+    cfg_b = setup(tmp_path, ca, db=postgres_url, name="server-b", mapping=("principals",))
+    inv = Inventory(postgres_url)
+    cert = ca.user("fleet-user")
+    enroll(inv, cert)
+    idm("allow", "ops", "--subject", "CN=fleet-user, O=idm demo, C=XX", config=cfg_b)
+    idm("refresh", config=cfg_a)
+    idm("refresh", config=cfg_b)
+    # Same inventory, each server its own mapping and snapshot.
+    assert login_line(cfg_a, "fleet-user", cert).returncode == 0
+    assert login_line(cfg_a, "ops", cert).returncode == 1
+    assert login_line(cfg_b, "ops", cert).returncode == 0
+    assert login_line(cfg_b, "fleet-user", cert).returncode == 1
+
+    # The database goes away: refreshes fail with one line, logins go on from the
+    # snapshot until its deadline, then stop.
+    dead = "postgresql+psycopg://idm@127.0.0.1:1/idm?connect_timeout=2"
+    for cfg in (cfg_a, cfg_b):
+        proc = idm("refresh", config=cfg, db=dead, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+        assert "valid until" in proc.stderr
+    assert login_line(cfg_a, "fleet-user", cert).returncode == 0
+    assert login_line(cfg_b, "ops", cert).returncode == 0
+    with Snapshot(tmp_path / "server-a" / "snapshot.sqlite") as snap:
+        deadline = snap.info.deadline
+        assert deadline == snap.info.written_at + 3600
+    with pytest.raises(SnapshotError, match="stale"):
+        Snapshot(tmp_path / "server-a" / "snapshot.sqlite", now=deadline).check_fresh()
+
+    # Revocation recorded by one server reaches the other through the shared inventory.
+    ca.revoke(cert)
+    idm("refresh", config=cfg_a)
+    idm("refresh", config=cfg_b)
+    assert login_line(cfg_b, "ops", cert).returncode == 1
+    inv.close()
+
+
+def test_allow_validates_and_removes(tmp_path: Path, ca: SampleCA) -> None:
+    cfg = setup(tmp_path, ca)
+    proc = idm("allow", "root", "--subject", "CN=x,=bad", config=cfg, check=False)
+    assert proc.returncode == 2 and "not a distinguished name" in proc.stderr
+    proc = idm("allow", "root", config=cfg, check=False)
+    assert proc.returncode == 2 and "exactly one of" in proc.stderr
+    proc = idm("allow", "bad user", "--principal", "x", config=cfg, check=False)
+    assert proc.returncode == 2
+    assert "added" in idm("allow", "root", "--principal", "p@example.org", config=cfg).stdout
+    assert "already" in idm("allow", "root", "--principal", "p@example.org", config=cfg).stdout
+    out = idm("allow", "root", "--principal", "p@example.org", "--remove", config=cfg).stdout
+    assert "removed" in out
+
+
+# -- the X.509 path (PKIX-SSH's sshd passes the certificate) ------------------------------
+
+
+def x509_args(cert: Path, form: str) -> tuple[str, str]:
+    c = load_cert(cert)
+    if form == "legacy":
+        return "x509v3-sign-rsa", base64.b64encode(c.public_bytes(Encoding.DER)).decode()
+    chain = [c, load_cert(Path(str(cert).replace(".pem", "-chain.pem")))]
+    key = w.KeyBlob.rfc6187(chain[:1])
+    return key.algorithm, base64.b64encode(key.blob).decode()
+
+
+@pytest.mark.parametrize("form", ["legacy", "rfc6187"])
+def test_x509_path_validates_maps_and_prints_the_certificate_line(
+    tmp_path: Path, ca: SampleCA, form: str
+) -> None:
+    cfg = setup(tmp_path, ca)
+    Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}").close()
+    idm("refresh", config=cfg)  # an empty inventory: the snapshot only carries metadata
+    cert = ca.user(f"x-{form}")  # never enrolled: a new card works with no server change
+    key_type, b64 = x509_args(cert, form)
+    proc = helper("--config", str(cfg), f"x-{form}", key_type, b64)
+    assert proc.returncode == 0, proc.stderr
+    [line] = proc.stdout.splitlines()
+    parsed = w.parse_public_key_line(line)
+    assert parsed.options[0].startswith("expiry-time=")
+    assert parsed.key.chain[0] == load_cert(cert).public_bytes(Encoding.DER)
+
+    wrong_user = helper("--config", str(cfg), "someone-else", key_type, b64)
+    assert wrong_user.returncode == 1 and "not to someone-else" in wrong_user.stderr
+
+    ca.revoke(cert)
+    revoked = helper("--config", str(cfg), f"x-{form}", key_type, b64)
+    assert revoked.returncode == 1 and "revoked" in revoked.stderr
+
+
+def test_x509_path_refuses_superseded_and_untrusted(tmp_path: Path, ca: SampleCA) -> None:
+    cfg = setup(tmp_path, ca)
+    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    cert = ca.user("x-super")
+    enroll(inv, cert, status="superseded")
+    idm("refresh", config=cfg)
+    proc = helper("--config", str(cfg), "x-super", *x509_args(cert, "legacy"))
+    assert proc.returncode == 1 and "superseded in the inventory" in proc.stderr
+
+    other = make_sample_ca(tmp_path, subdir="stranger-ca")
+    stranger = other.user("x-stranger")
+    proc = helper("--config", str(cfg), "x-stranger", *x509_args(stranger, "legacy"))
+    assert proc.returncode == 1 and "untrusted" in proc.stderr
+    inv.close()
