@@ -61,6 +61,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
@@ -112,6 +113,8 @@ __all__ = [
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+# Functions that take a key from elsewhere (a certificate, a token) accept any
+# ``cryptography`` public key and raise WireFormatError for types SSH here does not speak.
 
 # Agent sign-request flags (draft-miller-ssh-agent; 0x10000 is PKIX-SSH's).
 SIGN_RSA_SHA2_256 = 0x02
@@ -339,7 +342,7 @@ def _curve_id(curve: ec.EllipticCurve) -> str:
         raise WireFormatError(f"unsupported elliptic curve {curve.name}") from None
 
 
-def key_algorithm(public_key: PublicKey) -> str:
+def key_algorithm(public_key: PublicKeyTypes) -> str:
     """The plain SSH key algorithm name of a ``cryptography`` public key."""
     if isinstance(public_key, rsa.RSAPublicKey):
         return SSH_RSA
@@ -350,7 +353,7 @@ def key_algorithm(public_key: PublicKey) -> str:
     raise WireFormatError(f"unsupported public key type {type(public_key).__name__}")
 
 
-def public_key_blob(public_key: PublicKey) -> bytes:
+def public_key_blob(public_key: PublicKeyTypes) -> bytes:
     """The plain SSH public key blob (``ssh-rsa``, ``ecdsa-sha2-*``, ``ssh-ed25519``)."""
     if isinstance(public_key, rsa.RSAPublicKey):
         nums = public_key.public_numbers()
@@ -417,7 +420,7 @@ def public_key_from_blob(blob: bytes) -> PublicKey:
     return key
 
 
-def x509_algorithm(public_key: PublicKey) -> str:
+def x509_algorithm(public_key: PublicKeyTypes) -> str:
     """The RFC 6187 algorithm idm serves for a certificate holding ``public_key``.
 
     RSA keys of at least 2048 bits get ``x509v3-rsa2048-sha256`` (SHA-256 signatures),

@@ -493,3 +493,12 @@ def test_public_key_line_round_trip(kind: str, comment: str) -> None:
 def test_unknown_key_type_is_named() -> None:
     with pytest.raises(w.WireFormatError, match="ssh-dss"):
         w.parse_key_blob(w.pack_string("ssh-dss") + w.pack_mpint(1))
+
+
+def test_unsupported_public_key_types_raise_wire_format_error() -> None:
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    other = x25519.X25519PrivateKey.generate().public_key()
+    for fn in (w.key_algorithm, w.public_key_blob, w.x509_algorithm):
+        with pytest.raises(w.WireFormatError, match="X25519"):
+            fn(other)
