@@ -64,6 +64,7 @@ from idm.identity.tokens.errors import (
 )
 from idm.identity.tokens.pin import PinProvider, PinRequest, PinState
 from idm.identity.tokens.uri import Pkcs11Uri, TokenIdentity
+from idm.validator.chain import is_self_signed
 
 CKF_WRITE_PROTECTED = 0x00000002
 CKF_TOKEN_INITIALIZED = 0x00000400
@@ -292,14 +293,7 @@ class CertificateObject:
     @property
     def self_signed(self) -> bool:
         """Issuer equals subject and the certificate's own key verifies its signature."""
-        cert = self.certificate
-        if cert.issuer != cert.subject:
-            return False
-        try:
-            cert.verify_directly_issued_by(cert)
-        except (InvalidSignature, ValueError, TypeError):
-            return False
-        return True
+        return is_self_signed(self.certificate)
 
 
 @dataclass(frozen=True)

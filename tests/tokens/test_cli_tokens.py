@@ -17,10 +17,7 @@ pytestmark = pytest.mark.softhsm
 
 
 @pytest.fixture
-def idm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    # Until the lead registers them in cli/main.py, register the commands for the test.
-    monkeypatch.setitem(main.COMMANDS, "tokens", "idm.cli.tokens:tokens_command")
-    monkeypatch.setitem(main.COMMANDS, "objects", "idm.cli.tokens:objects_command")
+def idm(tmp_path: Path):
     db = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
 
     def run(*args: str) -> tuple[int, str, str]:

@@ -20,13 +20,7 @@ pytestmark = pytest.mark.softhsm
 
 
 @pytest.fixture
-def idm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    for name, target in (
-        ("tokens", "idm.cli.tokens:tokens_command"),
-        ("objects", "idm.cli.tokens:objects_command"),
-        ("enroll", "idm.cli.enroll:enroll_command"),
-    ):
-        monkeypatch.setitem(main.COMMANDS, name, target)
+def idm(tmp_path: Path):
     db = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
 
     def run(*args: str) -> tuple[int, str, str]:
