@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "tokens": "idm.cli.tokens:tokens_command",
     "objects": "idm.cli.tokens:objects_command",
     "enroll": "idm.cli.enroll:enroll_command",
+    "verify": "idm.cli.verify:verify",
     "agent": "idm.cli.agent:agent",
     "refresh": "idm.cli.server:refresh_command",
     "allow": "idm.cli.server:allow_command",
