@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import os
 import sys
 import time
@@ -157,7 +156,9 @@ def _log(message: str, log_file: str | None, *, denied: bool) -> None:
 def _ssh_fingerprint(blob: bytes) -> str:
     # The same text as sshwire.fingerprint_sha256 (what sshd logs), computed here because
     # importing sshwire pulls in `cryptography`, which this path must not pay for.
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    from idm.identity.server.snapshot import key_digest  # SHA-256 of the blob
+
+    return "SHA256:" + base64.b64encode(key_digest(blob)).decode().rstrip("=")
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def _config(args: _Args):  # type: ignore[no-untyped-def]
 def _open_snapshot(args: _Args, config):  # type: ignore[no-untyped-def]
     from idm.identity.server.snapshot import Snapshot, SnapshotError
 
-    path = args.snapshot or str(config.server.snapshot)
+    path = args.snapshot or str(config.server.snapshot)  # config is loaded when needed
     try:
         snap = Snapshot(path)
         snap.check_fresh()
@@ -256,7 +257,11 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(USAGE)
             return 0
         log_file = args.log_file
-        config = _config(args)
+        # With --snapshot, the plain-key path needs nothing from the configuration, and
+        # skipping it saves reading TOML at every login.
+        config = None
+        if args.snapshot is None or (args.key_type or "").startswith("x509v3-"):
+            config = _config(args)
         snap = _open_snapshot(args, config)
         try:
             if args.key_type is None:
