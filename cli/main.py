@@ -92,7 +92,8 @@ def run(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a in ("-v", "--verbose") for a in args)
     try:
-        cli.main(args=args, prog_name="idm", standalone_mode=False)
+        # Without standalone mode, click returns the code of ctx.exit(n) instead of raising.
+        code = cli.main(args=args, prog_name="idm", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -111,7 +112,7 @@ def run(argv: list[str] | None = None) -> None:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         click.echo(f"idm: error: {message} (run with -v for details)", err=True)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def command_line() -> str:

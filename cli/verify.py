@@ -75,7 +75,7 @@ def resolve_target(target: str, app: AppContext | None) -> ResolvedTarget:
     from idm.validator.errors import MalformedInputError
 
     if target.startswith("pkcs11:"):
-        raise UserError("pkcs11: targets need the tokens support")
+        return _token_target(target, app)
     path = Path(target)
     if path.exists():
         if path.is_dir():
@@ -102,6 +102,36 @@ def resolve_target(target: str, app: AppContext | None) -> ResolvedTarget:
             )
         return ResolvedTarget(record.der, [], target, record.sha256)
     raise TargetError(f"{target}: no such file (nor a pkcs11: URI or inventory fingerprint)")
+
+
+def _token_target(target: str, app: AppContext | None) -> ResolvedTarget:
+    """A certificate on a token, named by a pkcs11: URI; CA certificates stored on the same
+    token are offered as untrusted intermediates."""
+    from idm.cli.tokens import open_providers
+    from idm.identity.tokens.errors import TokenError
+    from idm.identity.tokens.session import CertificateObject
+    from idm.identity.tokens.uri import Pkcs11Uri, UriError
+
+    if app is None:
+        raise TargetError(f"{target}: pkcs11: targets need the configured providers")
+    try:
+        uri = Pkcs11Uri.parse(target)
+    except UriError as e:
+        raise TargetError(f"{target}: {e}", malformed=True) from None
+    extra = (uri.module_path,) if uri.module_path else ()
+    try:
+        session = open_providers(app, extra).open(uri.without_object())
+        certs = [o for o in session.find_objects(uri) if isinstance(o, CertificateObject)]
+        others = [c for c in session.certificates() if c not in certs]
+    except TokenError as e:
+        raise TargetError(f"{target}: {e}") from None
+    if not certs:
+        raise TargetError(f"{target}: no certificate on the token matches this URI")
+    if len(certs) > 1:
+        raise TargetError(
+            f"{target}: matches {len(certs)} certificates; add object= or id= to the URI"
+        )
+    return ResolvedTarget(certs[0].der, [c.der for c in others], target)
 
 
 def _parse_at(value: str | None) -> datetime | None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 
 IDM = str(Path(sys.executable).with_name("idm"))
@@ -97,3 +98,19 @@ def test_show_unknown_and_events_json(isolated_home: Path) -> None:
     assert r.returncode == 2 and "no certificate 0123456789abcdef" in r.stderr
     r = idm("events", "--json")
     assert r.returncode == 0 and r.stdout == ""
+
+
+@click.command("exit-three")
+@click.pass_context
+def exit_three(ctx: click.Context) -> None:
+    """A command that ends with ctx.exit(3)."""
+    ctx.exit(3)
+
+
+def test_exit_code_of_ctx_exit_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from idm.cli import main
+
+    monkeypatch.setitem(main.COMMANDS, "exit-three", f"{__name__}:exit_three")
+    with pytest.raises(SystemExit) as exc:
+        main.run(["exit-three"])
+    assert exc.value.code == 3
