@@ -146,12 +146,25 @@ class HelperInstall:
         bindir = root / "bin"
         bindir.mkdir(mode=0o755)
         wrapper = bindir / "idm-authorized-keys"
+        # Byte-compiled once, into a cache of the install's own (as a package install
+        # would be): nobody cannot write __pycache__ next to the sources.
+        pycache = root / "pycache"
+        subprocess.run(
+            [SYSTEM_PYTHON, "-X", f"pycache_prefix={pycache}", "-m", "compileall", "-q",
+             str(REPO / "identity" / "__init__.py"), str(REPO / "identity" / "config.py"),
+             str(REPO / "identity" / "server"), str(REPO / "cli" / "__init__.py"),
+             str(REPO / "cli" / "entry.py")],
+            check=True, capture_output=True,
+        )
+        subprocess.run(["chmod", "-R", "a+rX", str(pycache)], check=True)
         wrapper.write_text(
             f"#!{SYSTEM_PYTHON} -I\n"
             "import sys\n"
+            f"sys.pycache_prefix = {str(pycache)!r}\n"
             f"sys.path.insert(0, {str(root / 'pylib')!r})\n"
             "from idm.cli.entry import main\n"
-            f"sys.argv = ['idm', 'authorized-keys', '--config', {str(config)!r},\n"
+            f"sys.argv = ['idm', 'authorized-keys', '--snapshot', {str(snapshot)!r},\n"
+            f"            '--config', {str(config)!r},\n"
             f"            '--log-file', {str(log)!r}, *sys.argv[1:]]\n"
             "main()\n"
         )
