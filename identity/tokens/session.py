@@ -49,6 +49,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.constants import CertificateType, MechanismFlag
 from pkcs11.types import PROTECTED_AUTH
 
+from idm.identity.sshwire import DIGEST_INFO_PREFIXES
 from idm.identity.tokens.csr import build_csr
 from idm.identity.tokens.errors import (
     AmbiguousToken,
@@ -83,14 +84,6 @@ KEY_KINDS: dict[str, tuple[str, int | str]] = {
     "rsa3072": ("rsa", 3072),
     "ec-p256": ("ec", "secp256r1"),
     "ec-p384": ("ec", "secp384r1"),
-}
-
-# DER of the DigestInfo prefix (RFC 8017 section 9.2, note 1) for CKM_RSA_PKCS.
-DIGEST_INFO_PREFIX: dict[str, bytes] = {
-    "sha1": bytes.fromhex("3021300906052b0e03021a05000414"),
-    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
-    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
-    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
 }
 
 _CURVES: dict[str, type[ec.EllipticCurve]] = {
@@ -920,9 +913,9 @@ class TokenSession:
         for a context-specific login first (`PinRequest.context_specific`).
         """
         if key.key_type == "rsa":
-            if hash_name not in DIGEST_INFO_PREFIX:
+            if hash_name not in DIGEST_INFO_PREFIXES:
                 raise ValueError(f"unsupported hash for RSA signing: {hash_name!r}")
-            data = DIGEST_INFO_PREFIX[hash_name] + digest
+            data = DIGEST_INFO_PREFIXES[hash_name] + digest
             mechanism = Mechanism.RSA_PKCS
         elif key.key_type == "ec":
             data = digest

@@ -116,7 +116,7 @@ def test_input_errors_exit_2(idm, ca, tmp_path):
     assert r.exit_code == 2
 
     r = idm("verify", "--ca", ca.ca_bundle, "pkcs11:token=x;object=y")
-    assert r.exit_code == 2 and "pkcs11: targets need the tokens support" in r.stderr
+    assert r.exit_code == 2 and "no token matching pkcs11:token=x is present" in r.stderr
 
 
 def test_at_and_purpose(idm, ca):
