@@ -45,6 +45,8 @@ class AgentRunSettings:
     pin_cache: int = 300
     only: list[str] = field(default_factory=list)
     default_lifetime: int | None = None
+    poll_interval: float = 2.0
+    refresh_interval: float = 300.0
 
 
 def build_sources(
@@ -52,10 +54,71 @@ def build_sources(
 ) -> tuple[list[IdentitySource], ProviderHook | None]:
     """Identity sources besides ssh-add'ed software keys, and the ssh-add -s/-e hook.
 
-    The token-backed source (inventory ∩ tokens present, validator-gated) plugs in here;
-    until it exists the agent serves software keys only.
+    The token-backed source: approved inventory certificates on present (or never seen)
+    cards, gated by the validator. Nothing here touches a token or a thread: the source
+    starts in the serving process (after the fork), see ``agent()``. Without a configured
+    CA the agent serves software keys only (a warning says so).
     """
-    return [], None
+    from idm.identity.agent.gate import ValidationGate
+    from idm.identity.agent.selection import Selection, SelectorError
+    from idm.identity.agent.tokensource import TokenSource, TokenSourceSettings
+    from idm.identity.checker import CertificateChecker
+
+    log = logging.getLogger("idm.agent")
+    try:
+        Selection.parse(settings.only)
+    except SelectorError as exc:
+        raise UserError(str(exc)) from None
+    config = getattr(app, "config", None)
+    if config is None:
+        return [], None
+    if not config.validation.ca:
+        log.warning("token identities are off: no trust anchors ([validation] ca) are "
+                    "configured; serving software keys only (idm offers only validated "
+                    "identities)")
+        return [], None
+    try:
+        inventory = app.inventory()  # type: ignore[attr-defined]
+    except UserError as exc:
+        log.warning("token identities are off: %s; serving software keys only", exc)
+        return [], None
+    try:
+        checker = CertificateChecker.from_config(config, inventory)
+    except ValueError as exc:  # CheckerError, or a bundle that does not parse
+        log.warning("token identities are off: %s; serving software keys only (idm offers "
+                    "only validated identities, so it needs [validation] ca)", exc)
+        return [], None
+    gate = ValidationGate(checker, inventory, refresh_interval=settings.refresh_interval,
+                          retry_interval=min(60.0, settings.refresh_interval))
+    source = TokenSource(inventory, gate, TokenSourceSettings(
+        providers=list(config.tokens.providers),
+        pin_cache=settings.pin_cache,
+        only=list(settings.only),
+        poll_interval=settings.poll_interval,
+        refresh_interval=settings.refresh_interval,
+    ))
+    return [source], source
+
+
+def _start_sources(sources: list[IdentitySource]) -> None:
+    """Start sources that run threads (in the serving process); SIGUSR1 refreshes them."""
+    refreshers = []
+    for source in sources:
+        start = getattr(source, "start", None)
+        if callable(start):
+            start()
+        refresh = getattr(source, "refresh_now", None)
+        if callable(refresh):
+            refreshers.append(refresh)
+    if refreshers:
+        signal.signal(signal.SIGUSR1, lambda *_: [r() for r in refreshers])
+
+
+def _close_sources(sources: list[IdentitySource]) -> None:
+    for source in sources:
+        close = getattr(source, "close", None)
+        if callable(close):
+            close()
 
 
 def _shell_lines(sock: Path, pid: int, pkix: Path | None) -> str:
@@ -124,6 +187,12 @@ def _detach() -> None:
               help="Also serve PKIX-SSH clients (raw-DER x509v3-sign-rsa) on this socket.")
 @click.option("--only", "only", multiple=True, metavar="SELECTOR",
               help="Offer only identities matching this pkcs11: URI, label or subject.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.1), default=2.0,
+              show_default=True, metavar="SECONDS",
+              help="How often to look for removed and inserted cards.")
+@click.option("--refresh-interval", type=click.FloatRange(min=1.0), default=300.0,
+              show_default=True, metavar="SECONDS",
+              help="Re-validate each certificate at least this often (SIGUSR1: now).")
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -135,6 +204,8 @@ def agent(
     pin_cache: int | None,
     pkix_socket: str | None,
     only: tuple[str, ...],
+    poll_interval: float,
+    refresh_interval: float,
 ) -> None:
     """Run an SSH agent that serves validated identities (a drop-in for ssh-agent)."""
     if kill:
@@ -147,6 +218,8 @@ def agent(
         else (config.tokens.pin_cache if config is not None else 300),
         only=list(only) or (list(agent_cfg.only) if agent_cfg is not None else []),
         default_lifetime=parse_lifetime(lifetime) if lifetime is not None else None,
+        poll_interval=poll_interval,
+        refresh_interval=refresh_interval,
     )
     created_dir: Path | None = None
     if socket_path is not None:
@@ -189,9 +262,11 @@ def agent(
 
     _setup_logging(debug, foreground)
     try:
+        _start_sources(sources)
         server.serve_forever()
     finally:
         server.close()
+        _close_sources(sources)
         if created_dir is not None and created_dir.name.startswith("idm-agent-"):
             try:
                 created_dir.rmdir()
