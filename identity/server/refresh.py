@@ -20,11 +20,11 @@ One run:
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ from idm.identity import sshwire as w
 from idm.identity.checker import CertificateChecker
 from idm.identity.config import Config
 from idm.identity.inventory.store import CertificateRecord, Inventory, InventoryError
-from idm.identity.server.mapping import Mapper, MappingError, explicit_from_records
+from idm.identity.server.mapping import Explicit, Mapper, MappingError, explicit_from_records
 from idm.identity.server.mapping import read_principals_dir as read_principals_files
 from idm.identity.server.snapshot import (
     DeniedEntry,
@@ -153,16 +153,17 @@ def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
-@contextlib.contextmanager
-def _locked(snapshot_path: Path) -> Iterator[None]:
+def _lock(snapshot_path: Path) -> int:
+    """Take the refresh lock next to the snapshot; returns the fd that holds it."""
     snapshot_path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = snapshot_path.with_name(snapshot_path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
+    except OSError:
         os.close(fd)
+        raise
+    return fd
 
 
 def _printable(text: str) -> str:
@@ -209,27 +210,45 @@ def refresh(
         file_principals = read_principals_files(config.server.principals_dir)
     except MappingError as exc:
         raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
-    with _locked(path):
-        try:
-            approved, denied_records, db_principals = _load(inventory)
-        except InventoryError as exc:
-            raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
-        try:
-            checker = CertificateChecker.from_config(config, inventory)
-        except ValueError as exc:  # CheckerError, a malformed bundle or policy value
-            raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
-        try:
-            mapper = Mapper(
-                config.server.mapping,
-                [*explicit_from_records(db_principals), *file_principals],
-            )
-        except MappingError as exc:
-            raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
-        try:
-            return _refresh(inventory, checker, mapper, approved, denied_records, db_principals,
-                            path, now, config.server.snapshot_lifetime, command)
-        except InventoryError as exc:
-            raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
+    try:
+        lock_fd = _lock(path)
+    except OSError as exc:
+        raise RefreshError(f"cannot lock {path}: {exc.strerror}; "
+                           f"{previous_deadline(path)}") from None
+    try:
+        return _refresh_locked(inventory, config, path, now, command, file_principals)
+    finally:
+        os.close(lock_fd)  # releases the lock
+
+
+def _refresh_locked(
+    inventory: Inventory,
+    config: Config,
+    path: Path,
+    now: datetime,
+    command: str | None,
+    file_principals: list[Explicit],
+) -> RefreshResult:
+    try:
+        approved, denied_records, db_principals = _load(inventory)
+    except InventoryError as exc:
+        raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
+    try:
+        checker = CertificateChecker.from_config(config, inventory)
+    except ValueError as exc:  # CheckerError, a malformed bundle or policy value
+        raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
+    try:
+        mapper = Mapper(
+            config.server.mapping,
+            [*explicit_from_records(db_principals), *file_principals],
+        )
+    except MappingError as exc:
+        raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
+    try:
+        return _refresh(inventory, checker, mapper, approved, denied_records, db_principals,
+                        path, now, config.server.snapshot_lifetime, command)
+    except InventoryError as exc:
+        raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
 
 
 def _refresh(
@@ -311,15 +330,19 @@ def _refresh(
     if len(kept) != len(entries):
         warnings.append(f"{len(entries) - len(kept)} entries left out: their key is also in a "
                         "revoked certificate")
-    info = write_snapshot(
-        path,
-        kept,
-        denied,
-        [(p.username, p.kind, p.value) for p in db_principals],
-        written_at=int(now.timestamp()),
-        deadline=int(deadline.timestamp()),
-        source=inventory.display_url,
-    )
+    try:
+        info = write_snapshot(
+            path,
+            kept,
+            denied,
+            [(p.username, p.kind, p.value) for p in db_principals],
+            written_at=int(now.timestamp()),
+            deadline=int(deadline.timestamp()),
+            source=inventory.display_url,
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise RefreshError(f"cannot write the snapshot {path}: {exc}; "
+                           f"{previous_deadline(path)}") from None
     return RefreshResult(info, len(approved), authorized, len(users), changes, left_out,
                          len(denied), warnings)
 

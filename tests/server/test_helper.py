@@ -199,3 +199,42 @@ def test_plain_key_path_imports_nothing_heavy(snapshot: Path, keys: dict, mode: 
                           capture_output=True, text=True, check=False)
     assert proc.returncode == (0 if mode in ("allowed", "user-only") else 1), proc.stderr
     assert "HEAVY=\n" in proc.stderr, proc.stderr
+
+
+def test_readers_never_see_a_partial_snapshot_while_refreshes_replace_it(
+    tmp_path: Path, keys: dict
+) -> None:
+    import threading
+
+    path = tmp_path / "busy.sqlite"
+    now = int(time.time())
+    filler = [entry("ssh-ed25519", base64.b64encode(b"k%05d" % i).decode(), f"u{i}")
+              for i in range(2000)]
+    target = entry(*keys["alice"], "alice")
+    write_snapshot(path, [target, *filler], written_at=now, deadline=now + 600)
+    digest = key_digest(base64.b64decode(keys["alice"][1]))
+    errors: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        lookups = 0
+        while not done.is_set() or lookups < 50:
+            try:
+                with Snapshot(path) as snap:
+                    snap.check_fresh()
+                    if [e.username for e in snap.keys_for_digest(digest)] != ["alice"]:
+                        errors.append("lookup missed")
+            except SnapshotError as exc:
+                errors.append(str(exc))
+            lookups += 1
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(30):
+        write_snapshot(path, [*filler[i:], target], written_at=now, deadline=now + 600)
+    done.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
