@@ -76,11 +76,13 @@ class _Args:
 def _parse(argv: list[str]) -> _Args:
     args = _Args()
     positional: list[str] = []
+    if argv in (["-h"], ["--help"]):
+        # Only alone: anything sshd passes (%u, %k) must never turn into help text on
+        # stdout, which sshd would read as authorized_keys lines.
+        raise _Help
     i = 0
     while i < len(argv):
         a = argv[i]
-        if a in ("-h", "--help"):
-            raise _Help
         if a in ("--config", "--snapshot", "--log-file") and not positional:
             if i + 1 >= len(argv):
                 raise Denied(f"usage: {a} needs a value")
