@@ -40,9 +40,11 @@ def inv(inventory_url: str) -> Inventory:
 
 
 def test_schema_is_created_on_first_use_and_upgrade_is_idempotent(inventory_url: str) -> None:
+    from idm.identity.inventory.store import SCHEMA_REVISION
+
     first = Inventory(inventory_url)
-    assert first.schema_revision() == "0001"
-    assert first.upgrade() == ("0001", "0001")
+    assert first.schema_revision() == SCHEMA_REVISION
+    assert first.upgrade() == (SCHEMA_REVISION, SCHEMA_REVISION)
     first.close()
 
 

@@ -1,6 +1,6 @@
 """Exceptions of idm.validator: each carries a one-line message for the user."""
 
-from cryptography.x509 import InvalidVersion
+from typing import Any
 
 
 class ValidatorError(Exception):
@@ -15,6 +15,15 @@ class FetchError(ValidatorError):
     """An HTTP download of a CRL or an OCSP exchange failed (timeout, size, status...)."""
 
 
-# What `cryptography` raises on malformed DER: ValueError, and InvalidVersion (which is
-# not a ValueError).
-PARSE_ERRORS: tuple[type[Exception], ...] = (ValueError, InvalidVersion)
+
+def __getattr__(name: str) -> Any:
+    # PARSE_ERRORS: what `cryptography` raises on malformed DER, ValueError and
+    # InvalidVersion (which is not a ValueError). Built on first use, so that a check
+    # answered from the inventory's caches does not import `cryptography` at all.
+    if name == "PARSE_ERRORS":
+        from cryptography.x509 import InvalidVersion
+
+        value: tuple[type[Exception], ...] = (ValueError, InvalidVersion)
+        globals()[name] = value
+        return value
+    raise AttributeError(name)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
+if TYPE_CHECKING:  # not imported at run time: a cached verdict needs no `cryptography`
+    from cryptography import x509
 
 VALID = "valid"
 REVOKED = "revoked"
@@ -76,7 +77,10 @@ class Verdict:
     `fresh_until` is when this verdict must be recomputed: the earliest nextUpdate of the
     revocation evidence used, or the earliest notAfter in the chain, whichever is first.
     `ssh_identity` is "x509" for a CA-issued certificate and "plain" for a self-signed
-    one (the agent then offers only the plain key).
+    one (the agent then offers only the plain key). `chain_subjects` are the subjects of
+    the chain (filled from `chain` when not given; a verdict answered from the
+    inventory's path cache by `idm.validator.memo.express` has subjects but no parsed
+    `chain` or `leaf`).
     """
 
     valid: bool
@@ -88,8 +92,11 @@ class Verdict:
     fresh_until: datetime | None = None
     ssh_identity: str = "x509"
     leaf: x509.Certificate | None = field(default=None, compare=False)
+    chain_subjects: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
+        if not self.chain_subjects and self.chain:
+            object.__setattr__(self, "chain_subjects", tuple(subject_text(c) for c in self.chain))
         if self.status not in STATUSES:
             raise ValueError(f"unknown verdict status {self.status!r}")
         if self.valid != (self.status == VALID):
@@ -101,7 +108,7 @@ class Verdict:
             "valid": self.valid,
             "status": self.status,
             "reason": self.reason,
-            "chain": [subject_text(c) for c in self.chain],
+            "chain": list(self.chain_subjects),
             "revocation": [e.to_json() for e in self.revocation],
             "ssh_identity": self.ssh_identity,
         }

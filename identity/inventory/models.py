@@ -17,9 +17,11 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -118,20 +120,45 @@ class Crl(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     entries: Mapped[int] = mapped_column(Integer, default=0)
     fetched_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # The CRL's DER while its serials await indexing (see revocation.py), then NULL.
+    der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    indexed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class RevokedSerial(Base):
-    """One entry of a cached CRL, indexed by (issuer, serial) for lookups."""
+    """One entry of a cached CRL, indexed by (crl, serial) for point lookups.
+
+    Compact on purpose (200,000 rows are written per large CRL): `serial` is the DER
+    INTEGER content (minimal two's complement), `revoked_at` is ``YYYYMMDDHHMMSS`` in UTC
+    (sorts and compares as text), `reason` is the CRLReason code or None.
+    """
 
     __tablename__ = "revoked_serials"
-    __table_args__ = (Index("ix_revoked_issuer_serial", "issuer_key", "serial"),)
+    __table_args__ = (Index("ix_revoked_crl_serial", "crl_id", "serial"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    crl_id: Mapped[int] = mapped_column(ForeignKey("crls.id", ondelete="CASCADE"), index=True)
-    issuer_key: Mapped[str] = mapped_column(String(128))
-    serial: Mapped[str] = mapped_column(String(42))
-    revoked_at: Mapped[datetime] = mapped_column(UtcDateTime)
-    reason: Mapped[str | None] = mapped_column(String(32))
+    crl_id: Mapped[int] = mapped_column(ForeignKey("crls.id", ondelete="CASCADE"))
+    serial: Mapped[bytes] = mapped_column(LargeBinary)
+    revoked_at: Mapped[str] = mapped_column(String(14))
+    reason: Mapped[int | None] = mapped_column(SmallInteger)
+
+
+class ValidatedPath(Base):
+    """A certification path that passed RFC 5280 validation (revocation not included).
+
+    `key` is the SHA-256 of everything that determined the result (leaf, anchors and
+    intermediates offered, purpose policy and caps); the result holds for validation
+    times in [valid_from, valid_until]. `record` is JSON (idm.validator.memo.PathRecord).
+    """
+
+    __tablename__ = "validated_paths"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    valid_from: Mapped[datetime] = mapped_column(UtcDateTime)
+    valid_until: Mapped[datetime] = mapped_column(UtcDateTime)
+    record: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class OcspResponse(Base):
