@@ -308,6 +308,10 @@ class TokenSource(BaseIdentitySource):
         self._reload_inventory()
         self.poll()
         self._validate(force=True)
+        now = time.time()
+        usable = sum(1 for e in self._entries.values()
+                     if (v := self.gate.get(e.sha256)) is not None and v.usable(now))
+        log.info("%d approved certificate(s) validated: %d usable", len(self._entries), usable)
         if threads:
             for target, name in ((self._poll_loop, "idm-agent-tokens"),
                                  (self._validate_loop, "idm-agent-validation")):
