@@ -7,6 +7,10 @@ certificate good now?" with an `idm.validator` Verdict. `idm verify`, enrollment
 
 `certificate_record()` describes a certificate for the inventory (subject, serial, SSH
 key blob and fingerprint, self-signed or not).
+
+Importing this module is cheap (no `cryptography`, SQLAlchemy or pyhanko at import time):
+`idm verify` answered from the inventory's caches uses `policy_from_config` without
+parsing a certificate.
 """
 
 from __future__ import annotations
@@ -16,20 +20,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from idm.identity import sshwire
 from idm.identity.config import Config
-from idm.identity.inventory.store import CertificateRecord, Inventory
-from idm.validator.api import validate
-from idm.validator.bundle import load_bundle
-from idm.validator.chain import is_self_signed
 from idm.validator.policy import Policy
 from idm.validator.revocation.fetch import Fetcher
 from idm.validator.revocation.store import MemoryRevocationStore, RevocationStore
 from idm.validator.verdict import Verdict
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from idm.identity.inventory.store import CertificateRecord, Inventory
 
 CRL_SUFFIXES = {".crl", ".pem", ".der"}
 
@@ -107,6 +109,8 @@ class CertificateChecker:
         **policy_overrides: object,
     ) -> CertificateChecker:
         """Anchors from `ca` when given, else the configuration's [validation] ca."""
+        from idm.validator.bundle import load_bundle
+
         ca_paths = list(ca) or list(config.validation.ca)
         if not ca_paths:
             raise CheckerError(
@@ -133,6 +137,8 @@ class CertificateChecker:
         intermediates: Sequence[x509.Certificate] = (),
         at: datetime | None = None,
     ) -> Verdict:
+        from idm.validator.api import validate
+
         return validate(
             certificate,
             anchors=self.anchors,
@@ -154,6 +160,13 @@ def certificate_record(
 ) -> CertificateRecord:
     """Describe a certificate for the inventory. Raises ValueError (sshwire's
     WireFormatError) for a key type SSH cannot use."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from idm.identity import sshwire
+    from idm.identity.inventory.store import CertificateRecord
+    from idm.validator.chain import is_self_signed
+
     cert = (
         certificate
         if isinstance(certificate, x509.Certificate)

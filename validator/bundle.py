@@ -8,11 +8,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from idm.validator.errors import MalformedInputError
 
-from idm.validator.errors import PARSE_ERRORS, MalformedInputError
+if TYPE_CHECKING:  # imported on use: FOLDER_SUFFIXES alone must not load `cryptography`
+    from cryptography import x509
 
 PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 # Extensions picked up when a CA folder is scanned; anything else (README, .0 hash links
@@ -25,6 +26,9 @@ def parse_certificates(data: bytes, what: str = "input") -> list[x509.Certificat
 
     `what` names the input in error messages (a file name, "pkcs11 object", ...).
     """
+    from cryptography import x509
+
+    from idm.validator.errors import PARSE_ERRORS
     if PEM_CERT_BEGIN in data:
         try:
             certs = x509.load_pem_x509_certificates(data)
@@ -67,6 +71,8 @@ def load_bundle(paths: Iterable[str | Path]) -> list[x509.Certificate]:
     an unparsable file named explicitly is an error, one inside a folder is an error too
     (a silently skipped CA would be a surprise), but other files in the folder are ignored.
     """
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     seen: set[bytes] = set()
     out: list[x509.Certificate] = []
     for path in paths:

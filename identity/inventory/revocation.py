@@ -220,7 +220,7 @@ class SqlRevocationStore:
     def store_crl(
         self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]
     ) -> None:
-        from idm.validator.revocation.crl import REASON_CODES, serial_bytes, time_text
+        from idm.validator.revocation.crlder import REASON_CODES, serial_bytes, time_text
 
         def rows(crl_id: int) -> Iterator[tuple[Any, ...]]:
             for serial, revoked_at, reason in revoked:
@@ -237,7 +237,7 @@ class SqlRevocationStore:
                 self._ders[info.sha256] = der
                 self.pending = True
             return
-        from idm.validator.revocation.crl import raw_entries
+        from idm.validator.revocation.crlder import raw_entries
 
         try:
             raw = raw_entries(der)
@@ -316,7 +316,7 @@ class SqlRevocationStore:
 
     def index_pending(self) -> int:
         """Index every CRL held as DER only; returns how many. Safe to run concurrently."""
-        from idm.validator.revocation.crl import _entries, load_crl, raw_entries
+        from idm.validator.revocation.crlder import raw_entries
 
         done = 0
         while True:
@@ -338,7 +338,12 @@ class SqlRevocationStore:
                 try:
                     raw = raw_entries(der)
                 except (ValueError, IndexError):
-                    from idm.validator.revocation.crl import REASON_CODES, serial_bytes, time_text
+                    from idm.validator.revocation.crl import _entries, load_crl
+                    from idm.validator.revocation.crlder import (
+                        REASON_CODES,
+                        serial_bytes,
+                        time_text,
+                    )
 
                     raw = [
                         (
@@ -373,9 +378,8 @@ class SqlRevocationStore:
             return [self._crl_info(r) for r in cur.fetchall()]
 
     def revoked(self, issuer_key: str, serial: int, at: datetime) -> RevokedEntry | None:
-        from idm.validator.revocation.crl import (
+        from idm.validator.revocation.crlder import (
             REASON_NAMES,
-            lookup_der,
             parse_time_text,
             serial_bytes,
             time_text,
@@ -409,6 +413,8 @@ class SqlRevocationStore:
                     if row is None or row[0] is None:
                         continue  # indexed meanwhile: the query above saw it
                     der = bytes(row[0])
+                from idm.validator.revocation.crl import lookup_der
+
                 hit = lookup_der(der, serial)
                 if hit is not None and hit[0] <= at:
                     found.append((hit[0], hit[1], _int(number), sha))

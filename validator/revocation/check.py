@@ -99,7 +99,11 @@ class RevocationCheck:
             for info in self.store.current_crls(f.issuer_key, self.at) or []:
                 if info.sha256 == entry.crl_sha256:
                     ev = RevocationEvidence(
-                        f.subject, "crl", "revoked", info.this_update, info.next_update,
+                        f.subject,
+                        "crl",
+                        "revoked",
+                        info.this_update,
+                        info.next_update,
                         info.source,
                     )
             return CertResult(
@@ -137,7 +141,11 @@ class RevocationCheck:
                     True,
                     [
                         RevocationEvidence(
-                            f.subject, "crl", "good", info.this_update, info.next_update,
+                            f.subject,
+                            "crl",
+                            "good",
+                            info.this_update,
+                            info.next_update,
                             info.source,
                         )
                     ],
