@@ -44,6 +44,8 @@ from idm.identity.server.snapshot import (
     Snapshot,
     SnapshotError,
     SnapshotInfo,
+    comment_for,
+    expiry_epoch,
     key_digest,
     write_snapshot,
 )
@@ -164,20 +166,6 @@ def _lock(snapshot_path: Path) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def _printable(text: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-def comment_for(sha256: str, subject: str) -> str:
-    """The authorized_keys comment naming a certificate."""
-    return _printable(f"idm:{sha256[:16]} {subject}")
-
-
-def expiry_epoch(*times: datetime | None) -> int:
-    """The earliest of the given times, as Unix seconds (rounded down)."""
-    return int(min(t for t in times if t is not None).timestamp())
 
 
 def previous_deadline(path: Path) -> str:

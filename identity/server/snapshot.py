@@ -80,6 +80,17 @@ class SnapshotError(Exception):
     """The snapshot is missing, unreadable, corrupt or stale (one-line reason)."""
 
 
+def comment_for(sha256: str, subject: str) -> str:
+    """The authorized_keys comment naming a certificate (printable characters only)."""
+    text = f"idm:{sha256[:16]} {subject}"
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def expiry_epoch(*times: object) -> int:
+    """The earliest of the given aware datetimes (None ignored), as Unix seconds."""
+    return int(min(t.timestamp() for t in times if t is not None))  # type: ignore[attr-defined]
+
+
 def key_digest(blob: bytes) -> bytes:
     """The index of a plain SSH key blob in the snapshot: SHA-256 of its bytes."""
     return _sha256(blob).digest()

@@ -4,9 +4,9 @@ Imported only when sshd passes an ``x509v3-…`` key type: this path validates t
 presented certificate now, so it needs ``cryptography`` and the validator.
 
 Revocation status is asked afresh at each login (OCSP, else the CRL distribution point),
-as PKIX-SSH itself does with OCSP; the cache decides only when that fails, within the
-cached data's nextUpdate. The cache is the inventory's when ``db`` is configured and
-reachable (failures to write to it, e.g. a read-only SQLite file for the
+as PKIX-SSH itself does with OCSP, with an in-memory store; the inventory's cache decides
+only when that fails, within the cached data's nextUpdate. It is used when ``db`` is
+configured and reachable (failures to write to it, e.g. a read-only SQLite file for the
 AuthorizedKeysCommandUser, are ignored), else an in-memory one. Either way the policy is
 applied in full: under hard-fail, status that cannot be had refuses the login.
 """
@@ -23,8 +23,7 @@ from idm.identity.checker import CertificateChecker
 from idm.identity.config import Config
 from idm.identity.server.authorized_keys import Denied, _log
 from idm.identity.server.mapping import Explicit, Mapper, MappingError, read_principals_dir
-from idm.identity.server.refresh import FreshFirstStore, comment_for, expiry_epoch
-from idm.identity.server.snapshot import Snapshot, key_digest
+from idm.identity.server.snapshot import Snapshot, comment_for, expiry_epoch, key_digest
 from idm.validator.revocation.store import (
     CrlInfo,
     MemoryRevocationStore,
@@ -122,7 +121,6 @@ def authorize_x509(
         checker = CertificateChecker.from_config(config)
     except ValueError as exc:  # CheckerError, a malformed bundle or policy value
         raise Denied(f"configuration: {exc}") from None
-    cached = _store(config)
     from cryptography import x509
 
     extra = []
@@ -132,11 +130,12 @@ def authorize_x509(
         except ValueError:
             raise Denied(f"{what}: a certificate of the presented chain is malformed") from None
     # Like `idm refresh`: ask the responder / distribution point afresh, so a revocation
-    # counts at the next login; the cache decides only when they cannot be reached.
-    checker.store = FreshFirstStore(cached)
+    # counts at the next login. The inventory's cache (and the SQLAlchemy import it costs)
+    # is opened only when they cannot be reached.
+    checker.store = MemoryRevocationStore()
     verdict = checker.check(cert, intermediates=extra)
     if verdict.status == "revocation-unknown":
-        checker.store = cached
+        checker.store = _store(config)
         verdict = checker.check(cert, intermediates=extra)
     if not verdict.valid:
         raise Denied(f"{what}: {verdict.status}: {verdict.reason}")
