@@ -33,8 +33,15 @@ from idm.identity.tokens.uri import Pkcs11Uri, TokenIdentity
 from tests.agent.client import AgentClient
 from tests.agent.conftest import SSH_ADD, Askpass
 from tests.sample_ca_fixture import SampleCA, make_sample_ca, serving
-from tests.softhsm import SOFTHSM_MODULE, SPY_MODULE, SoftHSM, SoftHSMToken, second_module
-from tests.softhsm import softhsm, softhsm_second  # noqa: F401  (fixtures)
+from tests.softhsm import (  # noqa: F401  (fixtures)
+    SOFTHSM_MODULE,
+    SPY_MODULE,
+    SoftHSM,
+    SoftHSMToken,
+    second_module,
+    softhsm,
+    softhsm_second,
+)
 
 pytestmark = [pytest.mark.softhsm]
 
@@ -305,8 +312,8 @@ def test_asyncssh_x509_login_through_the_agent(
     # The RFC 6187 blob carries leaf + intermediate (not the root the server trusts).
     x509_blob = w.parse_key_blob(agent.blobs()[1])
     assert x509_blob.algorithm == algorithm and len(x509_blob.chain) == 2
-    out = asyncio.run(_asyncssh_login(agent.sock, world.ca, algorithm,
-                                      "C=XX,*",  # asyncssh options cannot hold the space of O=idm demo
+    # (an asyncssh authorized_keys option cannot hold the space of "O=idm demo")
+    out = asyncio.run(_asyncssh_login(agent.sock, world.ca, algorithm, "C=XX,*",
                                       f"{user}@example.org"))
     assert out == "x509-login"
     assert f"({algorithm}, flags" in agent.log()  # signed for the X.509 form
