@@ -136,6 +136,7 @@ class _Card:
         self.seen = record.state != "absent"
         self.present = False
         self.info: TokenInfo | None = None
+        self.module: str | None = None  # real path of the provider it sits in
         self.session: TokenSession | None = None
         self.lock = threading.Lock()  # one operation on this card at a time
         self.wrong_pin_at: float | None = None
@@ -146,10 +147,6 @@ class _Card:
     @property
     def name(self) -> str:
         return self.identity.label
-
-    @property
-    def module(self) -> str | None:
-        return _real(self.info.module.path) if self.info is not None else None
 
 
 @dataclass
@@ -641,6 +638,7 @@ class TokenSource(BaseIdentitySource):
         first = not card.seen
         with self._lock:
             card.info = info
+            card.module = _real(info.module.path)
             card.session = session
             card.present = True
             card.seen = True
