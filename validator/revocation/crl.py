@@ -97,12 +97,26 @@ def store_entries(crl: x509.CertificateRevocationList, der: bytes) -> Iterator[
 _PARSED: dict[str, x509.CertificateRevocationList] = {}  # by sha256 of the DER
 
 
+def _der_integer(serial: int) -> bytes:
+    content = serial_bytes(serial)
+    n = len(content)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + (
+        n.to_bytes((n.bit_length() + 7) // 8, "big")
+    )
+    return b"\x02" + length + content
+
+
 def lookup_der(der: bytes, serial: int) -> tuple[datetime, str | None] | None:
     """(revocation date, reason) of `serial` in an already checked DER CRL, or None.
 
-    For a CRL held but not yet indexed: `cryptography` scans the entries in native code
-    (about 15 ms for 200,000 entries), no Python object per entry.
+    For a CRL held but not yet indexed. A serial that a CRL lists appears in its DER as
+    the INTEGER ``02 len content`` (DER is strict and `cryptography` rejects other
+    encodings of a CRL it parses), so when those bytes occur nowhere in the CRL (a search
+    in native code, about 2 ms for 4.6 MB) the serial is not listed. Otherwise
+    `cryptography` answers (it scans the entries in native code, about 15 ms for 200,000).
     """
+    if _der_integer(serial) not in der:
+        return None
     key = hashlib.sha256(der).hexdigest()
     crl = _PARSED.get(key)
     if crl is None:
@@ -136,17 +150,88 @@ class IndexedCrl:
     newly_indexed: bool
 
 
+def _tbs_bytes(der: bytes) -> bytes | None:
+    """The TBSCertList exactly as encoded in the CRL's DER (what the signature covers)."""
+    from idm.validator.revocation.crlder import der_header
+
+    try:
+        _, i, end = der_header(der, 0, len(der))
+        _, j, k = der_header(der, i, end)
+    except ValueError:
+        return None
+    return der[i:k]
+
+
+def signature_valid(
+    crl: x509.CertificateRevocationList, public_key: object, der: bytes | None = None
+) -> bool:
+    """True when `public_key` verifies the CRL's signature.
+
+    `cryptography`'s `is_signature_valid` re-encodes the whole TBSCertList first (about
+    0.1 s for 200,000 entries); with the CRL's `der` at hand the signature is checked over
+    the bytes as received, for the common algorithms (RSA PKCS#1 v1.5, ECDSA, EdDSA).
+    Anything else (RSA-PSS, DSA) goes to `is_signature_valid`.
+    """
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+
+    tbs = _tbs_bytes(der) if der is not None else None
+    oid = crl.signature_algorithm_oid
+    try:
+        if tbs is not None and oid in _PKCS1_OIDS and isinstance(public_key, rsa.RSAPublicKey):
+            algorithm = crl.signature_hash_algorithm
+            assert algorithm is not None
+            public_key.verify(crl.signature, tbs, padding.PKCS1v15(), algorithm)
+            return True
+        if tbs is not None and oid in _ECDSA_OIDS and isinstance(
+            public_key, ec.EllipticCurvePublicKey
+        ):
+            algorithm = crl.signature_hash_algorithm
+            assert algorithm is not None
+            public_key.verify(crl.signature, tbs, ec.ECDSA(algorithm))
+            return True
+        if tbs is not None and oid in _EDDSA_OIDS and isinstance(
+            public_key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+        ):
+            public_key.verify(crl.signature, tbs)
+            return True
+        return bool(crl.is_signature_valid(public_key))  # type: ignore[arg-type]
+    except (InvalidSignature, UnsupportedAlgorithm):
+        return False
+
+
+_SIG = x509.oid.SignatureAlgorithmOID
+_PKCS1_OIDS = {
+    _SIG.RSA_WITH_SHA1,
+    _SIG.RSA_WITH_SHA224,
+    _SIG.RSA_WITH_SHA256,
+    _SIG.RSA_WITH_SHA384,
+    _SIG.RSA_WITH_SHA512,
+}
+_ECDSA_OIDS = {
+    _SIG.ECDSA_WITH_SHA1,
+    _SIG.ECDSA_WITH_SHA224,
+    _SIG.ECDSA_WITH_SHA256,
+    _SIG.ECDSA_WITH_SHA384,
+    _SIG.ECDSA_WITH_SHA512,
+}
+_EDDSA_OIDS = {_SIG.ED25519, _SIG.ED448}
+
+
 def find_crl_issuer(
-    crl: x509.CertificateRevocationList, candidates: Sequence[x509.Certificate]
+    crl: x509.CertificateRevocationList,
+    candidates: Sequence[x509.Certificate],
+    der: bytes | None = None,
 ) -> x509.Certificate | None:
-    """The candidate CA whose name matches the CRL issuer and whose key verifies it."""
+    """The candidate CA whose name matches the CRL issuer and whose key verifies it
+    (`der`: the CRL's DER encoding, when at hand, for a faster signature check)."""
     for ca in candidates:
         if ca.subject != crl.issuer:
             continue
         try:
-            if crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+            if signature_valid(crl, ca.public_key(), der):
                 return ca
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, AssertionError):
             continue
     return None
 
@@ -193,7 +278,7 @@ def _index_loaded(
         if isinstance(ext.value, x509.IssuingDistributionPoint) and ext.value.indirect_crl:
             raise CrlError(f"{source}: indirect CRLs are not supported")
     number = crl_number(crl)
-    issuer = find_crl_issuer(crl, candidates)
+    issuer = find_crl_issuer(crl, candidates, data if data[:1] == b"\x30" else None)
     if issuer is None:
         raise CrlError(
             f"{source}: CRL issued by {crl.issuer.rfc4514_string()} is not signed by any "

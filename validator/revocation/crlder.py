@@ -42,7 +42,7 @@ def parse_time_text(text: str) -> datetime:
     return datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
 
 
-def _header(buf: bytes, i: int, end: int) -> tuple[int, int, int]:
+def der_header(buf: bytes, i: int, end: int) -> tuple[int, int, int]:
     """(tag, content start, content end) of the DER element at `i`; ValueError if broken."""
     if i + 2 > end:
         raise ValueError("truncated DER element")
@@ -83,26 +83,26 @@ def raw_entries(der: bytes) -> list[tuple[bytes, str, int | None]]:
     anything it does not expect (the caller then uses `cryptography`'s iteration).
     """
     end = len(der)
-    _, i, end = _header(der, 0, end)  # CertificateList
-    _, i, tbs_end = _header(der, i, end)  # TBSCertList
-    tag, j, k = _header(der, i, tbs_end)
+    _, i, end = der_header(der, 0, end)  # CertificateList
+    _, i, tbs_end = der_header(der, i, end)  # TBSCertList
+    tag, j, k = der_header(der, i, tbs_end)
     if tag == 0x02:  # version
         i = k
     for _ in range(3):  # signature algorithm, issuer, thisUpdate
-        _, _, i = _header(der, i, tbs_end)
+        _, _, i = der_header(der, i, tbs_end)
     if i < tbs_end and der[i] in (0x17, 0x18):  # nextUpdate
-        _, _, i = _header(der, i, tbs_end)
+        _, _, i = der_header(der, i, tbs_end)
     if i >= tbs_end or der[i] != 0x30:
         return []  # no revokedCertificates (only crlExtensions [0] may follow)
-    _, i, list_end = _header(der, i, tbs_end)
+    _, i, list_end = der_header(der, i, tbs_end)
     rows: list[tuple[bytes, str, int | None]] = []
     times: dict[bytes, str] = {}
     append = rows.append
     while i < list_end:
-        tag, j, e_end = _header(der, i, list_end)
+        tag, j, e_end = der_header(der, i, list_end)
         if tag != 0x30:
             raise ValueError("revoked entry is not a SEQUENCE")
-        tag, s, s_end = _header(der, j, e_end)
+        tag, s, s_end = der_header(der, j, e_end)
         if tag != 0x02 or s_end == s:
             raise ValueError("revoked entry without a serial number")
         serial = der[s:s_end]
@@ -110,7 +110,7 @@ def raw_entries(der: bytes) -> list[tuple[bytes, str, int | None]]:
             (serial[0] == 0 and serial[1] < 0x80) or (serial[0] == 0xFF and serial[1] >= 0x80)
         ):
             serial = serial_bytes(int.from_bytes(serial, "big", signed=True))  # not minimal
-        tag, t, t_end = _header(der, s_end, e_end)
+        tag, t, t_end = der_header(der, s_end, e_end)
         when = _der_time(tag, der[t:t_end], times)
         reason = None
         if t_end < e_end:
@@ -121,18 +121,18 @@ def raw_entries(der: bytes) -> list[tuple[bytes, str, int | None]]:
 
 
 def _entry_reason(der: bytes, i: int, end: int) -> int | None:
-    tag, i, ext_end = _header(der, i, end)
+    tag, i, ext_end = der_header(der, i, end)
     if tag != 0x30 or ext_end != end:
         raise ValueError("unexpected data in a revoked entry")
     reason = None
     while i < ext_end:
-        _, j, x_end = _header(der, i, ext_end)
+        _, j, x_end = der_header(der, i, ext_end)
         if der[j : j + len(_REASON_EXT)] == _REASON_EXT:
             k = j + len(_REASON_EXT)
             if der[k] == 0x01:  # critical BOOLEAN
-                _, _, k = _header(der, k, x_end)
-            tag, v, v_end = _header(der, k, x_end)
-            tag2, c, c_end = _header(der, v, v_end)
+                _, _, k = der_header(der, k, x_end)
+            tag, v, v_end = der_header(der, k, x_end)
+            tag2, c, c_end = der_header(der, v, v_end)
             if tag != 0x04 or tag2 != 0x0A or c_end - c != 1:
                 raise ValueError("malformed CRLReason")
             reason = der[c]
