@@ -197,37 +197,40 @@ class Snapshot:
     def __init__(self, path: str | os.PathLike[str], *, now: float | None = None) -> None:
         self.path = Path(path)
         self.now = time.time() if now is None else now
-        try:
-            size = os.stat(self.path).st_size
-        except FileNotFoundError:
-            raise SnapshotError(
-                f"snapshot {self.path} is missing (run `idm refresh`)"
-            ) from None
-        except OSError as exc:
-            raise SnapshotError(f"snapshot {self.path} is unreadable: {exc.strerror}") from None
-        try:
-            # immutable=1: the file is never changed in place (it is replaced by rename),
-            # so SQLite needs no locks and no -journal/-wal files next to it.
-            self._conn = sqlite3.connect(
-                f"file:{_uri_path(self.path)}?mode=ro&immutable=1", uri=True
-            )
-        except sqlite3.Error as exc:
-            raise SnapshotError(f"snapshot {self.path} is unreadable: {exc}") from None
-        try:
-            page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
-            pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
-            if pages * page_size != size:
-                raise SnapshotError(
-                    f"snapshot {self.path} is corrupt (size {size} does not match its "
-                    f"{pages} pages)"
+        # The file may be replaced (renamed over) while we open it: the size we compare
+        # must be that of the file SQLite opened, so stat before and after and retry if
+        # the path changed its inode in between.
+        for _attempt in range(5):
+            before = self._stat()
+            try:
+                # immutable=1: the file is never changed in place (it is replaced by
+                # rename), so SQLite needs no locks and no -journal/-wal files next to it.
+                self._conn = sqlite3.connect(
+                    f"file:{_uri_path(self.path)}?mode=ro&immutable=1", uri=True
                 )
-            meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
-        except sqlite3.Error as exc:
-            self._conn.close()
-            raise SnapshotError(f"snapshot {self.path} is corrupt: {exc}") from None
-        except SnapshotError:
-            self._conn.close()
-            raise
+            except sqlite3.Error as exc:
+                raise SnapshotError(f"snapshot {self.path} is unreadable: {exc}") from None
+            try:
+                page_size = self._conn.execute("PRAGMA page_size").fetchone()[0]
+                pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+                meta = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+            except sqlite3.Error as exc:
+                self._conn.close()
+                if self._replaced(before):
+                    continue
+                raise SnapshotError(f"snapshot {self.path} is corrupt: {exc}") from None
+            if self._replaced(before):
+                self._conn.close()
+                continue
+            if pages * page_size != before.st_size:
+                self._conn.close()
+                raise SnapshotError(
+                    f"snapshot {self.path} is corrupt (size {before.st_size} does not match "
+                    f"its {pages} pages)"
+                )
+            break
+        else:
+            raise SnapshotError(f"snapshot {self.path} kept changing while it was opened")
         if meta.get("format") != FORMAT:
             self._conn.close()
             raise SnapshotError(f"snapshot {self.path} is corrupt: not an {FORMAT} file")
@@ -242,6 +245,21 @@ class Snapshot:
         except (KeyError, ValueError):
             self._conn.close()
             raise SnapshotError(f"snapshot {self.path} is corrupt: bad meta data") from None
+
+    def _stat(self) -> os.stat_result:
+        try:
+            return os.stat(self.path)
+        except FileNotFoundError:
+            raise SnapshotError(f"snapshot {self.path} is missing (run `idm refresh`)") from None
+        except OSError as exc:
+            raise SnapshotError(f"snapshot {self.path} is unreadable: {exc.strerror}") from None
+
+    def _replaced(self, before: os.stat_result) -> bool:
+        try:
+            after = os.stat(self.path)
+        except OSError:
+            return True
+        return (after.st_ino, after.st_dev) != (before.st_ino, before.st_dev)
 
     def close(self) -> None:
         self._conn.close()
