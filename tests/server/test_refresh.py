@@ -210,3 +210,23 @@ def test_x509_path_refuses_superseded_and_untrusted(tmp_path: Path, ca: SampleCA
     proc = helper("--config", str(cfg), "x-stranger", *x509_args(stranger, "legacy"))
     assert proc.returncode == 1 and "untrusted" in proc.stderr
     inv.close()
+
+
+def test_principals_dir_maps_without_touching_the_inventory(tmp_path: Path, ca: SampleCA) -> None:
+    pdir = tmp_path / "principals"
+    pdir.mkdir()
+    (pdir / "deploy").write_text("# the deploy account\nCN=p-user, O=idm demo, C=XX\n")
+    cfg = setup(tmp_path, ca, principals_dir=pdir)
+    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    cert = ca.user("p-user")
+    enroll(inv, cert)
+    idm("refresh", config=cfg)
+    assert login_line(cfg, "deploy", cert).returncode == 0
+    # "principals" named a user, so the later rules (email → p-user) are not consulted.
+    assert login_line(cfg, "p-user", cert).returncode == 1
+
+    (pdir / "deploy").write_text("CN=p-user,=broken\n")
+    proc = idm("refresh", config=cfg, check=False)
+    assert proc.returncode == 2 and "not a distinguished name" in proc.stderr
+    assert login_line(cfg, "deploy", cert).returncode == 0  # the old snapshot stays
+    inv.close()
