@@ -932,7 +932,9 @@ class TokenSource(BaseIdentitySource):
         out: dict[SocketKind, list[AgentIdentity]] = {k: [] for k in SocketKind}
         until = float("inf")
         with self._lock:
-            entries = list(self._entries.values())
+            # A stable order (card, then object label, then subject): what ssh tries first
+            # does not depend on the order the card or the inventory happened to list them.
+            entries = sorted(self._entries.values(), key=self._order)
             cards = dict(self._cards)
             active = set(self._active)
             confirm = dict(self._provider_confirm)
@@ -964,6 +966,10 @@ class TokenSource(BaseIdentitySource):
             for kind in SocketKind:
                 out[kind].extend(entry.forms(kind, verdict, comment, needs_confirm))
         return {k: tuple(v) for k, v in out.items()}, until
+
+    def _order(self, entry: _Entry) -> tuple[str, str, str]:
+        card = self._cards.get(entry.token_id) if entry.token_id is not None else None
+        return (card.name if card else "", entry.record.label or "", entry.record.subject)
 
     def _publish(self) -> None:
         now = time.time()
