@@ -31,6 +31,13 @@ import os
 import sys
 import time
 
+# Not `typing.TYPE_CHECKING`: importing typing would cost every login ~4 ms (mypy honours
+# any name TYPE_CHECKING).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from idm.identity.config import Config
+    from idm.identity.server.snapshot import Snapshot
+
 USAGE = """\
 usage: idm authorized-keys [--config FILE] [--snapshot FILE] [--log-file FILE]
                            USER [KEYTYPE KEYBLOB]
@@ -166,7 +173,7 @@ def _ssh_fingerprint(blob: bytes) -> str:
 # -- configuration -------------------------------------------------------------------------
 
 
-def _config(args: _Args):  # type: ignore[no-untyped-def]
+def _config(args: _Args) -> Config:
     from idm.identity.config import ConfigError, load_config
 
     explicit = args.config or os.environ.get("IDM_CONFIG")
@@ -178,10 +185,14 @@ def _config(args: _Args):  # type: ignore[no-untyped-def]
         raise Denied(f"configuration: {exc}") from None
 
 
-def _open_snapshot(args: _Args, config):  # type: ignore[no-untyped-def]
+def _open_snapshot(args: _Args, config: Config | None) -> Snapshot:
     from idm.identity.server.snapshot import Snapshot, SnapshotError
 
-    path = args.snapshot or str(config.server.snapshot)  # config is loaded when needed
+    if args.snapshot:
+        path = args.snapshot
+    else:
+        assert config is not None  # main() loads it whenever --snapshot is not given
+        path = str(config.server.snapshot)
     try:
         snap = Snapshot(path)
         snap.check_fresh()
@@ -205,7 +216,7 @@ def _decode_blob(text: str) -> bytes:
     return raw
 
 
-def _plain(args: _Args, snap) -> list[str]:  # type: ignore[no-untyped-def]
+def _plain(args: _Args, snap: Snapshot) -> list[str]:
     from idm.identity.server.snapshot import key_digest
 
     assert args.key_type is not None and args.key_blob is not None
@@ -242,7 +253,7 @@ def _plain(args: _Args, snap) -> list[str]:  # type: ignore[no-untyped-def]
     return sorted({e.line for e in fresh})
 
 
-def _all_for_user(args: _Args, snap) -> list[str]:  # type: ignore[no-untyped-def]
+def _all_for_user(args: _Args, snap: Snapshot) -> list[str]:
     fresh = [e for e in snap.keys_for_user(args.user) if e.valid_until > snap.now]
     if not fresh:
         raise Denied(f"user {args.user}: no fresh certificate is mapped to this user")
@@ -271,6 +282,7 @@ def main(argv: list[str]) -> int:
             elif args.key_type.startswith("x509v3-"):
                 from idm.identity.server.x509_login import authorize_x509
 
+                assert config is not None  # loaded above for every x509v3- key type
                 lines = authorize_x509(args.user, args.key_type, _decode_blob(args.key_blob or ""),
                                        config, snap, args.log_file)
             else:
