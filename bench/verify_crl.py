@@ -158,15 +158,17 @@ def _time(cmd: list[str], env: dict[str, str], expect: set[int]) -> float:
 
 
 def wait_indexed(db: Path, timeout: float = 120.0) -> float:
-    """Seconds until no CRL in the SQLite inventory `db` waits for indexing."""
+    """Seconds until the SQLite inventory `db` holds the CRL with its serials indexed."""
     start = time.perf_counter()
     while True:
         conn = sqlite3.connect(db, timeout=30)
         try:
-            left = conn.execute("SELECT COUNT(*) FROM crls WHERE NOT indexed").fetchone()[0]
+            held, left = conn.execute(
+                "SELECT COUNT(*), COUNT(*) - SUM(indexed) FROM crls"
+            ).fetchone()
         finally:
             conn.close()
-        if left == 0:
+        if held and left == 0:
             return time.perf_counter() - start
         if time.perf_counter() - start > timeout:
             raise SystemExit(f"{db}: CRL still not indexed after {timeout:.0f} s")

@@ -8,9 +8,9 @@ Imports of the validator, requests and the inventory happen inside the command, 
 `idm --help` stays quick. A check whose path validated before and whose revocation status
 the inventory holds is answered by `idm.validator.memo.express` from the inventory alone
 (sqlite3, no `cryptography`, SQLAlchemy or pyhanko-certvalidator); anything new goes the
-full way through `CertificateChecker`. A large CRL seen for the first time is stored as
-DER and its serials are indexed by a detached background process after the verdicts are
-printed (see docs/validation.md, "Revocation cache").
+full way through `CertificateChecker`. A large CRL seen for the first time answers this
+run from memory and is stored with its index after the verdicts are printed, by a
+detached background process (see docs/validation.md, "The cache").
 """
 
 from __future__ import annotations
@@ -488,10 +488,7 @@ def verify(
                 any_invalid |= not outcome
     finally:
         if store is not None:
-            if store.pending:
-                from idm.identity.inventory.revocation import spawn_indexer
-
-                spawn_indexer(store.url)
+            store.finish_deferred()  # large new CRLs: stored and indexed in the background
             store.close()
     # sys.exit, not ctx.exit: click's non-standalone main() turns Exit into a return value.
     if input_error:

@@ -145,8 +145,10 @@ class SqlRevocationStore:
         self._db = db
         self.url = url
         self.defer_indexing_above = defer_indexing_above
-        self.pending = False  # a CRL was stored for later indexing by this store
+        self.pending = False  # a CRL awaits indexing after this process's verdicts
         self._ders: dict[str, bytes] = {}  # DER of CRLs this process stored unindexed
+        # Checked CRLs held in memory only, until `finish_deferred()` stores them.
+        self._deferred: dict[str, tuple[CrlInfo, bytes]] = {}
 
     def close(self) -> None:
         self._db.close()
@@ -212,9 +214,14 @@ class SqlRevocationStore:
     # -- CRLs -------------------------------------------------------------------------------
 
     def crl_known(self, issuer_key: str, crl_number: int) -> CrlInfo | None:
+        for info, _ in self._deferred.values():
+            if info.issuer_key == issuer_key and info.crl_number == crl_number:
+                return info
         return self._one_crl("issuer_key = ? AND crl_number = ?", issuer_key, _hex(crl_number))
 
     def crl_by_sha256(self, sha256: str) -> CrlInfo | None:
+        if sha256 in self._deferred:
+            return self._deferred[sha256][0]
         return self._one_crl("sha256 = ?", sha256)
 
     def store_crl(
@@ -230,12 +237,20 @@ class SqlRevocationStore:
         self._store(info, None, rows)
 
     def store_crl_der(self, info: CrlInfo, der: bytes) -> None:
-        """Keep a checked CRL given as DER; index it now, or later for a large one."""
+        """Keep a checked CRL given as DER; index it now, or later for a large one.
+
+        Later means: held in this store's memory (every query of this store sees it) and
+        written with its index by `finish_deferred()`, in the background.
+        """
         defer = self.defer_indexing_above is not None and info.entries > self.defer_indexing_above
         if defer:
-            if self._store(info, der, None):
-                self._ders[info.sha256] = der
-                self.pending = True
+            if info.sha256 in self._deferred or self.crl_by_sha256(info.sha256) is not None:
+                return
+            if info.crl_number is not None and self.crl_known(info.issuer_key, info.crl_number):
+                return
+            self._deferred[info.sha256] = (info, der)
+            self._ders[info.sha256] = der
+            self.pending = True
             return
         from idm.validator.revocation.crlder import raw_entries
 
@@ -360,6 +375,43 @@ class SqlRevocationStore:
                 )
             done += 1
 
+    def finish_deferred(self) -> None:
+        """Store the CRLs kept in memory, with their index, in the background.
+
+        A forked child does it (it has the DER in memory and everything imported; the
+        verdicts are already printed): it detaches (new session, stdio to /dev/null),
+        opens its own connection and writes each CRL with all its serials in one
+        transaction. Where forking is unsafe (other threads running) or impossible, the
+        CRL is stored now as DER marked not indexed, and a new process indexes it.
+        """
+        deferred = list(self._deferred.values())
+        self._deferred.clear()
+        if not deferred:
+            return
+        url = self.url
+        forkable = isinstance(self._db, _SqliteDb) and hasattr(os, "fork")
+        if url is not None and forkable and threading.active_count() == 1:
+            # SQLite connections must not cross a fork: close ours first.
+            self.close()
+            if _fork_detached():
+                try:
+                    store = open_revocation_store(url)
+                    for info, der in deferred:
+                        store.store_crl_der(info, der)
+                    store.close()
+                finally:
+                    os._exit(0)
+            return
+        for info, der in deferred:
+            self.store_unindexed(info, der)
+        if url is not None:
+            spawn_indexer(url)
+
+    def store_unindexed(self, info: CrlInfo, der: bytes) -> None:
+        """Store a checked CRL as DER marked not indexed (lookups read the DER until
+        `index_pending()` has run)."""
+        self._store(info, der, None)
+
     def pending_count(self) -> int:
         """How many held CRLs still wait for their serials to be indexed."""
         with self._tx() as cur:
@@ -367,6 +419,20 @@ class SqlRevocationStore:
             return int(cur.fetchone()[0])
 
     def current_crls(self, issuer_key: str, at: datetime) -> list[CrlInfo]:
+        held = [
+            i
+            for i, _ in self._deferred.values()
+            if i.issuer_key == issuer_key
+            and i.next_update is not None
+            and i.this_update <= at <= i.next_update
+        ]
+        if held:
+            return sorted(held, key=lambda i: i.this_update, reverse=True) + [
+                i for i in self._current_crls(issuer_key, at) if i.sha256 not in self._deferred
+            ]
+        return self._current_crls(issuer_key, at)
+
+    def _current_crls(self, issuer_key: str, at: datetime) -> list[CrlInfo]:
         with self._tx() as cur:
             cur.execute(
                 self._sql(
@@ -405,6 +471,11 @@ class SqlRevocationStore:
                 (issuer_key, False),
             )
             unindexed = cur.fetchall()
+            unindexed += [
+                (None if i.crl_number is None else _hex(i.crl_number), sha)
+                for sha, (i, _) in self._deferred.items()
+                if i.issuer_key == issuer_key
+            ]
             for number, sha in unindexed:
                 der = self._ders.get(sha)
                 if der is None:
@@ -579,6 +650,31 @@ def open_revocation_store(
 
     inventory = open_inventory(url)
     return SqlRevocationStore(inventory, defer_indexing_above=defer_indexing_above)
+
+
+def _fork_detached() -> bool:
+    """Fork a detached grandchild; True in the grandchild, False in this process.
+
+    Double fork, so that no zombie is left to this process; the grandchild leaves the
+    session and the terminal and drops this process's stdio (a caller waiting for our
+    output to end, like `subprocess.run`, must not wait for the indexer).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return False
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        return True
+    except BaseException:
+        os._exit(1)
 
 
 def spawn_indexer(url: str) -> None:

@@ -5,6 +5,7 @@ inventory alone (same output as the full validation)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import subprocess
@@ -150,9 +151,9 @@ def test_deferred_indexing_answers_from_the_der_then_from_the_index(
             "test.crl",
             len(SERIALS),
         )
-        store.store_crl_der(info, data)
-        assert store.pending and store.pending_count() == 1
-        assert store.crl_by_sha256("cd" * 32) == info
+        store.store_crl_der(info, data)  # large: kept in memory for now
+        assert store.pending and store.crl_by_sha256("cd" * 32) == info
+        assert store.current_crls("ab" * 32, NOW) == [info]
 
         def answers(s):
             return [
@@ -161,10 +162,13 @@ def test_deferred_indexing_answers_from_the_der_then_from_the_index(
             ]
 
         before = answers(store)
-        # A fresh store (another process) reads the DER from the database.
-        other = inv.revocation_store()
-        assert answers(other) == before
         assert before[-2:] == [None, None] and all(before[:-2])
+        # Stored as DER only: another store (another process) answers from the DER...
+        store.store_unindexed(info, data)
+        other = inv.revocation_store()
+        assert other.pending_count() == 1 and other.crl_by_sha256("cd" * 32) == info
+        assert answers(other) == before
+        # ... until the indexer has run.
         assert other.index_pending() == 1
         assert other.pending_count() == 0 and other.index_pending() == 0
         assert answers(other) == before
@@ -328,11 +332,14 @@ def test_large_crl_is_indexed_in_the_background(files, tmp_path, monkeypatch):
     ]
     r = CliRunner().invoke(cli_main.cli, args, catch_exceptions=False)
     assert r.exit_code == 1 and "revoked" in r.output  # answered from the stored DER
+    sha = hashlib.sha256((files / "inter.crl").read_bytes()).hexdigest()
     store = open_revocation_store(db)
     deadline = time.monotonic() + 60
-    while store.pending_count() and time.monotonic() < deadline:
+    while (store.crl_by_sha256(sha) is None or store.pending_count()) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.05)
-    assert store.pending_count() == 0  # the detached indexer finished
+    assert store.crl_by_sha256(sha) is not None and store.pending_count() == 0
     store.close()
     r = CliRunner().invoke(cli_main.cli, args, catch_exceptions=False)
     assert r.exit_code == 1 and "revoked" in r.output  # now from the index
@@ -345,3 +352,43 @@ def test_find_crl_issuer_by_name_and_key():
     crl = load_crl(data)
     assert find_crl_issuer(crl, [root.cert, impostor.cert, inter.cert], data) is inter.cert
     assert find_crl_issuer(crl, [root.cert, impostor.cert], data) is None
+
+
+def test_forked_indexer_of_a_single_threaded_verify(files, tmp_path):
+    """`idm verify` as users run it (one thread): the CRL is written by a forked child."""
+    from idm.identity.inventory.revocation import open_revocation_store
+
+    db = f"sqlite:///{tmp_path / 'inv.sqlite'}"
+    code = (
+        "import idm.cli.verify as v; v.DEFER_INDEXING_ABOVE = 0\n"
+        "from idm.cli.main import COMMANDS, run\n"
+        "COMMANDS.setdefault('verify', 'idm.cli.verify:verify')\n"
+        "run()\n"
+    )
+    env = dict(os.environ, IDM_DB=db, XDG_CONFIG_HOME="/nonexistent")
+    env.pop("IDM_CONFIG", None)
+    args = [
+        "verify",
+        "--ca",
+        str(files / "ca.pem"),
+        "--crl",
+        str(files / "inter.crl"),
+        "--crl",
+        str(files / "root.crl"),
+        str(files / "bad.pem"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1 and "revoked" in proc.stdout, proc.stderr
+    sha = hashlib.sha256((files / "inter.crl").read_bytes()).hexdigest()
+    store = open_revocation_store(db)
+    deadline = time.monotonic() + 60
+    while store.crl_by_sha256(sha) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert store.crl_by_sha256(sha) is not None and store.pending_count() == 0
+    store.close()
+    again = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 1 and again.stdout == proc.stdout
