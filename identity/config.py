@@ -110,7 +110,7 @@ class AgentSettings:
 class ServerSettings:
     """[server]: the sshd helper's snapshot and certificate-to-user mapping."""
 
-    snapshot: Path = field(default_factory=lambda: default_state_dir() / "snapshot.json")
+    snapshot: Path = field(default_factory=lambda: default_state_dir() / "snapshot.sqlite")
     snapshot_lifetime: int = 3600
     mapping: list[str] = field(default_factory=lambda: ["principals", "email", "upn", "cn"])
     principals_dir: Path | None = None

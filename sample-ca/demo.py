@@ -23,17 +23,17 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests.server.helpers installs the sshd helper
 SAMPLE_CA = REPO / "sample-ca" / "sample_ca.py"
 VENV_BIN = Path(sys.executable).parent
 IDM = VENV_BIN / "idm"
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
-HELPER_BASE = Path("/run/idm-demo")  # sshd wants the helper in a root-owned path
 PIN = "246810"
 SO_PIN = "13579111"
 
@@ -55,7 +55,7 @@ class Demo:
         self.env = dict(os.environ)
         self.step_no = 0
         self.user = pwd.getpwuid(os.getuid()).pw_name
-        self.helper_root: Path | None = None
+        self.install: Any = None  # tests.server.helpers.HelperInstall
 
     # -- printing and running ---------------------------------------------------------------
 
@@ -118,8 +118,8 @@ class Demo:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         self.procs.clear()
-        if self.helper_root:
-            shutil.rmtree(self.helper_root, ignore_errors=True)
+        if self.install is not None:
+            self.install.remove()
 
     # -- the set-up pieces --------------------------------------------------------------------
 
@@ -167,44 +167,22 @@ class Demo:
             providers = ["{SOFTHSM_MODULE}"]
 
             [server]
-            snapshot = "{self.helper_state / 'snapshot.sqlite'}"
+            snapshot = "{self.install.snapshot}"
             mapping = ["principals", "email"]
             """))
-        shutil.copy(self.work / "config.toml", self.helper_state / "config.toml")
-        (self.helper_state / "config.toml").chmod(0o644)
+        shutil.copy(self.work / "config.toml", self.install.config)
+        self.install.config.chmod(0o644)
 
     def install_helper(self) -> None:
         """Install `idm authorized-keys` as sshd requires: root-owned, not writable by others,
-        runnable by the AuthorizedKeysCommandUser (nobody). Its login path is stdlib-only,
-        so the system Python runs a copy of the sources."""
-        HELPER_BASE.mkdir(mode=0o755, exist_ok=True)
-        os.chmod(HELPER_BASE, 0o755)
-        root = Path(tempfile.mkdtemp(prefix="run-", dir=HELPER_BASE))
-        os.chmod(root, 0o755)
-        self.helper_root = root
-        pkg = root / "lib" / "idm"
-        for name in ("identity", "validator", "cli"):
-            shutil.copytree(REPO / name, pkg / name,
-                            ignore=shutil.ignore_patterns("__pycache__"))
-        for d in [root / "lib", *[p for p in pkg.rglob("*") if p.is_dir()], pkg]:
-            os.chmod(d, 0o755)
-        self.helper_state = root / "state"
-        self.helper_state.mkdir(mode=0o755)
-        self.helper_log = root / "helper.log"
-        self.helper_log.touch()
-        os.chmod(self.helper_log, 0o666)
-        wrapper = root / "idm-authorized-keys"
-        wrapper.write_text(textwrap.dedent(f"""\
-            #!/usr/bin/python3 -I
-            import sys
-            sys.path.insert(0, {str(root / 'lib')!r})
-            from idm.cli.entry import main
-            sys.argv = ["idm", "authorized-keys", "--config", {str(self.helper_state / 'config.toml')!r},
-                        "--log-file", {str(self.helper_log)!r}, *sys.argv[1:]]
-            main()
-            """))
-        os.chmod(wrapper, 0o755)
-        self.helper = wrapper
+        runnable by the AuthorizedKeysCommandUser (nobody). The test suite's installer is
+        used, so the demo and the tests set up sshd the same way."""
+        from tests.server.helpers import HelperInstall
+
+        self.install = HelperInstall.create()
+        self.helper = self.install.wrapper
+        self.helper_state = self.install.state
+        self.helper_log = self.install.log
 
     def start_sshd(self) -> None:
         d = self.work / "sshd"

@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 import pytest
 
+from idm.identity.inventory.store import SCHEMA_REVISION
+
 IDM = str(Path(sys.executable).with_name("idm"))
 
 
@@ -70,7 +72,7 @@ def test_idm_db_environment_variable(tmp_path: Path) -> None:
     db = tmp_path / "env.sqlite"
     r = idm("db", "upgrade", "--json", env={"IDM_DB": f"sqlite:///{db}"})
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["to"] == "0001" and db.exists()
+    assert json.loads(r.stdout)["to"] == SCHEMA_REVISION and db.exists()
 
 
 def test_traceback_only_with_verbose(tmp_path: Path) -> None:

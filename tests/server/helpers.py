@@ -108,9 +108,10 @@ class HelperInstall:
     """The helper installed the way sshd needs it: a root-owned 0755 folder, not in /tmp.
 
     ``wrapper`` runs the real entry point (idm.cli.entry) with the system Python, so the
-    AuthorizedKeysCommandUser (nobody) can execute it; the idm sources are reached through
-    symlinks in ``pylib``. ``state`` holds the snapshot and config (readable by all);
-    ``log`` is the helper's --log-file (writable by all).
+    AuthorizedKeysCommandUser (nobody) can execute it; ``pylib`` holds a copy of the idm
+    sources (the helper's login path needs only the standard library). ``state`` holds
+    the snapshot and config (readable by all); ``log`` is the helper's --log-file
+    (writable by all).
     """
 
     root: Path
@@ -127,12 +128,12 @@ class HelperInstall:
         os.chmod(base, 0o755)
         root = Path(tempfile.mkdtemp(prefix="t-", dir=base))
         os.chmod(root, 0o755)
+        # A copy, not links: the checkout may sit where nobody cannot read (/root/...).
         pylib = root / "pylib" / "idm"
-        pylib.mkdir(parents=True)
         for name in ("identity", "validator", "cli"):
-            (pylib / name).symlink_to(REPO / name)
-        for d in (root / "pylib", pylib):
-            os.chmod(d, 0o755)
+            shutil.copytree(REPO / name, pylib / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX,go-w", str(root / "pylib")], check=True)
         state = root / "state"
         state.mkdir(mode=0o755)
         logdir = root / "log"
@@ -151,9 +152,9 @@ class HelperInstall:
         pycache = root / "pycache"
         subprocess.run(
             [SYSTEM_PYTHON, "-X", f"pycache_prefix={pycache}", "-m", "compileall", "-q",
-             str(REPO / "identity" / "__init__.py"), str(REPO / "identity" / "config.py"),
-             str(REPO / "identity" / "server"), str(REPO / "cli" / "__init__.py"),
-             str(REPO / "cli" / "entry.py")],
+             str(pylib / "identity" / "__init__.py"), str(pylib / "identity" / "config.py"),
+             str(pylib / "identity" / "server"), str(pylib / "cli" / "__init__.py"),
+             str(pylib / "cli" / "entry.py")],
             check=True, capture_output=True,
         )
         subprocess.run(["chmod", "-R", "a+rX", str(pycache)], check=True)
