@@ -614,7 +614,13 @@ class TokenSource(BaseIdentitySource):
         return changed
 
     def _wanted(self, card: _Card) -> bool:
-        return any(e.token_id == card.record.id for e in self._entries.values())
+        """True when an approved identity on this card would be offered (--only counts)."""
+        return any(
+            e.token_id == card.record.id and (self.selection.everything or self.selection.matches(
+                SelectableIdentity(card.identity, e.record.label, e.key.id or None,
+                                   e.certificate.subject)))
+            for e in list(self._entries.values())
+        )
 
     def _apply_scan(self, infos: Sequence[TokenInfo]) -> bool:
         present: dict[TokenIdentity, TokenInfo] = {}

@@ -206,13 +206,22 @@ def agents(world: World, short_dir: Path, askpass: Askpass) -> Iterator[Callable
                                     stdin=subprocess.DEVNULL)
         agent = Agent(sock, proc, log_path, askpass, pkix_sock)
         started.append(agent)
-        agent.wait_for(lambda: sock.exists() or proc.poll() is not None, "the agent socket")
+        agent.wait_for(lambda: _accepts(sock) or proc.poll() is not None, "the agent socket")
         assert proc.poll() is None, agent.log()
         return agent
 
     yield start
     for agent in started:
         agent.stop()
+
+
+def _accepts(sock: Path) -> bool:
+    """True once the agent listens (the socket file exists a moment before listen())."""
+    try:
+        AgentClient(sock).close()
+    except OSError:
+        return False
+    return True
 
 
 def ssh_login(sshd: object, agent: Agent) -> subprocess.CompletedProcess[str]:
