@@ -286,6 +286,8 @@ class TokenSource(BaseIdentitySource):
         self._poll_wake = threading.Event()
         self._validate_wake = threading.Event()
         self._force_validate = False
+        self._reload_wanted = False
+        self._event_mark: int | None = None  # newest inventory event when last read
         self._threads: list[threading.Thread] = []
         self._poll_lock = threading.Lock()
         self.passes = 0  # completed validation passes (tests wait on it)
@@ -522,9 +524,18 @@ class TokenSource(BaseIdentitySource):
 
     # -- inventory ----------------------------------------------------------------------
 
+    def _inventory_changed(self) -> bool:
+        """Whether an event was written since the inventory was last read (one cheap
+        query, run at every poll: `idm enroll` in another terminal shows up in seconds)."""
+        try:
+            return self.inventory.latest_event_id() != self._event_mark
+        except Exception:  # noqa: BLE001 - unreachable inventory: keep serving
+            return False
+
     def _reload_inventory(self) -> bool:
         """Read tokens and approved certificates; True when the set changed."""
         try:
+            self._event_mark = self.inventory.latest_event_id()
             tokens = self.inventory.tokens()
             approved = self.inventory.certificates(status="approved")
         except Exception as exc:  # noqa: BLE001 - keep serving what we have
@@ -911,9 +922,11 @@ class TokenSource(BaseIdentitySource):
             if self._stop.is_set():
                 break
             force, self._force_validate = self._force_validate, False
+            reload, self._reload_wanted = self._reload_wanted, False
             try:
-                if force or time.monotonic() >= next_inventory:
-                    self._reload_inventory()
+                if force or reload or time.monotonic() >= next_inventory:
+                    if self._reload_inventory():
+                        self._publish()  # withdrawn identities go at once
                     next_inventory = time.monotonic() + self.settings.inventory_interval
                 self._validate(force=force)
             except Exception:  # a bug must not end validation for the agent's lifetime
@@ -926,6 +939,9 @@ class TokenSource(BaseIdentitySource):
             if self._stop.is_set():
                 break
             try:
+                if self._inventory_changed():
+                    self._reload_wanted = True
+                    self._validate_wake.set()
                 self.poll()
             except Exception:  # a bug must not end polling for the agent's lifetime
                 log.exception("token poll failed")

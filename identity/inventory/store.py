@@ -580,6 +580,12 @@ class Inventory:
             row.verified_at = verified_at
             row.fresh_until = fresh_until
 
+    def latest_event_id(self) -> int:
+        """The newest event's id (0 for none): every change of the inventory writes an
+        event, so a reader polls this one indexed value to learn that something changed."""
+        with self.reading() as s:
+            return int(s.scalar(select(func.max(Event.id))) or 0)
+
     def count_certificates(self) -> int:
         with self.reading() as s:
             return int(s.scalar(select(func.count()).select_from(Certificate)) or 0)
