@@ -13,7 +13,9 @@ One run:
    server; only when the fresh query fails does the cached status (still within its
    nextUpdate) decide. A revoked certificate becomes ``revoked``, an expired one
    ``expired`` (each with an event); a certificate whose status cannot be had now stays
-   approved but gets no key in the snapshot;
+   approved but gets no key in the snapshot. Superseded certificates (a replaced card)
+   are checked for revocation too, so a lost card's revocation reaches the event log
+   and the KRL;
 4. maps each valid certificate to its users (mapping.py) and writes the snapshot
    atomically (snapshot.py).
 """
@@ -261,9 +263,18 @@ def _refresh(
     revoked_keys: set[bytes] = set()
 
     for rec in denied_records:
+        status, reason = rec.status, rec.status_reason
+        if status == "superseded" and rec.not_after > now:
+            # A replaced card's certificate is still denied, but its revocation (a lost
+            # card) is news: it puts the key into the KRL and the event log.
+            verdict = fresh.check(rec.der, at=now)
+            if verdict.status == v.REVOKED:
+                status, reason = "revoked", verdict.reason
+                inventory.set_status(rec.sha256, status, reason, command=command)
+                changes.append(Change(rec.sha256, rec.subject, status, reason))
         digest = key_digest(_plain_blob(rec))
-        denied.append(DeniedEntry(rec.sha256, digest, rec.status, rec.status_reason))
-        if rec.status == "revoked":
+        denied.append(DeniedEntry(rec.sha256, digest, status, reason))
+        if status == "revoked":
             revoked_keys.add(digest)
 
     users: set[str] = set()

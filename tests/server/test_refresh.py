@@ -230,3 +230,19 @@ def test_principals_dir_maps_without_touching_the_inventory(tmp_path: Path, ca: 
     assert proc.returncode == 2 and "not a distinguished name" in proc.stderr
     assert login_line(cfg, "deploy", cert).returncode == 0  # the old snapshot stays
     inv.close()
+
+
+def test_refresh_notices_a_superseded_card_being_revoked(tmp_path: Path, ca: SampleCA) -> None:
+    cfg = setup(tmp_path, ca)
+    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    lost = enroll(inv, ca.user("s-lost"), status="superseded")
+    kept = enroll(inv, ca.user("s-kept"), status="superseded")
+    ca.revoke(ca.user_cert("s-lost"), reason="keyCompromise")
+    import json
+
+    result = json.loads(idm("refresh", "--json", config=cfg).stdout)
+    assert {c["certificate"]: c["status"] for c in result["changes"]} == {lost.sha256: "revoked"}
+    assert inv.certificate(lost.sha256).status == "revoked"  # type: ignore[union-attr]
+    assert inv.certificate(kept.sha256).status == "superseded"  # type: ignore[union-attr]
+    assert [e.kind for e in inv.events(lost.sha256)][-1] == "revoked"
+    inv.close()
