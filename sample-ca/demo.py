@@ -15,6 +15,7 @@ it is what `make demo` does after installing the packages and the virtualenv.
 
 from __future__ import annotations
 
+import argparse
 import os
 import pwd
 import shlex
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,7 @@ class Demo:
         self.step_no = 0
         self.user = pwd.getpwuid(os.getuid()).pw_name
         self.install: Any = None  # tests.server.helpers.HelperInstall
+        self.card_dirs: dict[str, Path] = {}
 
     # -- printing and running ---------------------------------------------------------------
 
@@ -213,18 +216,20 @@ class Demo:
         self.start([sshd, "-D", "-e", "-f", d / "sshd_config"],
                    f"listening on 127.0.0.1 port {self.ssh_port}", d / "sshd.log")
 
-    def ssh(self, *, ok: bool) -> None:
+    def ssh(self, *, ok: bool, options: Sequence[str] = ("-o", "BatchMode=yes")) -> None:
         known = self.work / "known_hosts"
-        self.run(["ssh", "-F", "/dev/null", "-p", str(self.ssh_port),
-                  "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-                  "-o", f"UserKnownHostsFile={known}", "-o", "IdentitiesOnly=no",
-                  "-o", "ConnectTimeout=10", f"{self.user}@127.0.0.1",
-                  "echo logged in as $(whoami) on $(hostname)"], ok=ok)
+        self.run(["ssh", "-F", "/dev/null", "-p", str(self.ssh_port), *options,
+                  "-o", "StrictHostKeyChecking=accept-new",
+                  "-o", f"UserKnownHostsFile={known}", "-o", "ConnectTimeout=10",
+                  f"{self.user}@127.0.0.1", "echo logged in as $(whoami) on $(hostname)"],
+                 ok=ok)
 
     def new_card(self, label: str, subject: str) -> Path:
         """A SoftHSM2 token with a key generated on it, certified by the sample CA."""
+        before = set((self.work / "tokens").iterdir())
         self.run(["softhsm2-util", "--init-token", "--free", "--label", label,
                   "--so-pin", SO_PIN, "--pin", PIN], quiet=True)
+        (self.card_dirs[label],) = set((self.work / "tokens").iterdir()) - before
         uri = f"pkcs11:token={label}?pin-source=file:{self.work / 'pin'}"
         csr = self.work / f"{label}.csr"
         self.run([IDM, "enroll", "--token", uri, "--new-key", "ec-p256", "--subject", subject,
@@ -273,12 +278,17 @@ class Demo:
         self.ssh(ok=True)
 
         self.heading("The card is replaced: a new token, a new key, a new certificate")
-        self.run([IDM, "events", "-n", "3"], quiet=True)
+        self.say("Alice's first card is lost: it leaves the reader (its SoftHSM2 token folder "
+                 "is moved away). The agent withdraws its identity.")
+        (self.work / "drawer").mkdir()
+        self.run(["mv", self.card_dirs["alice-card-1"], self.work / "drawer"])
+        self.wait_for_agent(lambda listing: "alice-card-1" not in listing)
         old_cert = self.work / "alice-card-1.pem"
         self.new_card("alice-card-2", "CN=alice,O=idm demo,C=XX")
         self.run([IDM, "list"])
         self.run([IDM, "refresh"])
-        self.say("No file on the server changed. The agent offers the new card's key:")
+        self.say("No file on the server changed. The running agent offers the new card's key:")
+        self.wait_for_agent(lambda listing: "alice-card-2" in listing)
         self.run(["ssh-add", "-l"])
         self.ssh(ok=True)
 
@@ -286,15 +296,35 @@ class Demo:
         self.run([sys.executable, SAMPLE_CA, "revoke", self.work / "ca", old_cert,
                   "--reason", "superseded"])
         self.run([IDM, "refresh"])
-        self.run([IDM, "verify", "--json", old_cert], ok=False)
-        self.say("Asking sshd's helper directly about the old card's key:")
-        line = self.run(["ssh-keygen", "-i", "-m", "PKCS8", "-f", "/dev/stdin"], quiet=True,
-                        input_text=self._public_pem(old_cert)).stdout.split()
-        self.run([self.helper, self.user, line[0], line[1]], ok=False)
+        self.run([IDM, "verify", old_cert], ok=False)
+        self.say("The old card turns up again and someone tries it with plain OpenSSH "
+                 "(its own PKCS#11 support, no idm agent). sshd asks `idm authorized-keys`, "
+                 "which refuses, and says why in its log:")
+        self.run(["mv", self.work / "drawer" / self.card_dirs["alice-card-1"].name,
+                  self.work / "tokens"])
+        old_pub = self.work / "alice-card-1.pub"
+        old_pub.write_text(self.run(["ssh-keygen", "-i", "-m", "PKCS8", "-f", "/dev/stdin"],
+                                    quiet=True, input_text=self._public_pem(old_cert)).stdout)
+        self.ssh(ok=False, options=["-o", "IdentityAgent=none", "-o", "BatchMode=no",
+                                    "-o", f"PKCS11Provider={SOFTHSM_MODULE}",
+                                    "-o", "IdentitiesOnly=yes", "-i", str(old_pub)])
         self.run(["tail", "-n", "1", self.helper_log])
         self.run([IDM, "events"])
 
         print(f"\n\033[1mThe story ran to the end in {time.monotonic() - started:.0f} s.\033[0m")
+
+    def wait_for_agent(self, condition: Callable[[str], bool], timeout: float = 30) -> None:
+        """Wait until the agent's identity list (ssh-add -l) satisfies `condition`: it
+        notices cards and inventory changes within its poll interval."""
+        deadline = time.monotonic() + timeout
+        while True:
+            listing = subprocess.run(["ssh-add", "-l"], capture_output=True, text=True,
+                                     env=self.env).stdout
+            if condition(listing):
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"the agent did not get there in {timeout:.0f} s: {listing}")
+            time.sleep(0.25)
 
     def _public_pem(self, cert: Path) -> str:
         r = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-pubkey"],
@@ -309,12 +339,16 @@ class Demo:
             time.sleep(0.05)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=REPO / "demo-run",
+                        help="where the demo's files go (emptied first; default ./demo-run)")
+    args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("demo: run as root (sshd and its AuthorizedKeysCommand need it); "
               "`sudo make demo`", file=sys.stderr)
         return 2
-    demo = Demo(REPO / "demo-run")
+    demo = Demo(args.workdir.resolve())
 
     def interrupted(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
