@@ -34,9 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
+from idm.identity.certnames import (
+    CertificateNames,
+    MalformedNamesError,
+    fold_domain,
+)
+
 RULES = ("principals", "email", "upn", "cn")
 # What a Unix user name may look like here (POSIX portable set plus @ for AD-style names).
 _USERNAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.@-]{0,255}")
@@ -59,70 +63,6 @@ class Explicit:
     username: str
     kind: str  # "subject" or "principal"
     value: str
-
-
-def _der_utf8(value: bytes) -> str | None:
-    """Decode a DER UTF8String (tag 0x0C), as found in a UPN otherName; None if not one."""
-    if len(value) < 2 or value[0] != 0x0C:
-        return None
-    length = value[1]
-    offset = 2
-    if length & 0x80:
-        count = length & 0x7F
-        if count == 0 or count > 4 or len(value) < 2 + count:
-            return None
-        length = int.from_bytes(value[2 : 2 + count], "big")
-        offset = 2 + count
-    if offset + length != len(value):
-        return None
-    try:
-        return value[offset:].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-@dataclass(frozen=True)
-class CertificateNames:
-    """The names in a certificate that the rules look at."""
-
-    subject: x509.Name
-    common_names: tuple[str, ...]
-    emails: tuple[str, ...]
-    upns: tuple[str, ...]
-
-    @classmethod
-    def of(cls, cert: x509.Certificate) -> CertificateNames:
-        cns = tuple(
-            str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        )
-        emails: list[str] = []
-        upns: list[str] = []
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            san = None
-        except ValueError as exc:  # a malformed SAN: map by nothing from it
-            raise MappingError(f"certificate has a malformed subjectAltName: {exc}") from None
-        if san is not None:
-            emails = [str(e) for e in san.get_values_for_type(x509.RFC822Name)]
-            for other in san.get_values_for_type(x509.OtherName):
-                if other.type_id == UPN_OID:
-                    text = _der_utf8(other.value)
-                    if text:
-                        upns.append(text)
-        return cls(cert.subject, cns, tuple(emails), tuple(upns))
-
-    def principal_names(self) -> set[str]:
-        """What ``--principal NAME`` is compared with (domains lower-cased)."""
-        names = set(self.common_names)
-        names.update(_fold_domain(e) for e in self.emails)
-        names.update(_fold_domain(u) for u in self.upns)
-        return names
-
-
-def _fold_domain(address: str) -> str:
-    local, sep, domain = address.rpartition("@")
-    return f"{local}@{domain.lower()}" if sep else address
 
 
 def _local_part(address: str) -> str | None:
@@ -232,7 +172,7 @@ class Mapper:
             if e.kind == "subject":
                 self._subjects.append((parse_dn(e.value), e.username))
             elif e.kind == "principal":
-                self._principals.setdefault(_fold_domain(e.value), set()).add(e.username)
+                self._principals.setdefault(fold_domain(e.value), set()).add(e.username)
             else:
                 raise MappingError(f"unknown explicit authorization kind {e.kind!r}")
 
@@ -255,7 +195,10 @@ class Mapper:
 
     def map(self, cert: x509.Certificate) -> tuple[str | None, set[str]]:
         """(deciding rule, users) for a certificate; (None, set()) when unmapped."""
-        names = CertificateNames.of(cert)
+        try:
+            names = CertificateNames.of(cert)
+        except MalformedNamesError as exc:  # map by nothing from a broken SAN
+            raise MappingError(str(exc)) from None
         for rule in self.rules:
             users = self.users_by_rule(names, rule)
             if users:

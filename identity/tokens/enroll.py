@@ -21,12 +21,11 @@ from datetime import UTC, datetime
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from idm.identity.certnames import CertificateNames, MalformedNamesError
 from idm.identity.checker import CertificateChecker, certificate_record
 from idm.identity.inventory.store import Inventory
 from idm.identity.tokens.session import CertificateObject, TokenInfo
 from idm.identity.tokens.uri import TokenIdentity
-
-OID_UPN = x509.ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
 
 
 @dataclass(frozen=True)
@@ -59,17 +58,10 @@ class EnrollmentResult:
 def principals(certificate: x509.Certificate) -> set[str]:
     """The principals a certificate names: rfc822 e-mails and UPNs from subjectAltName."""
     try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
+        names = CertificateNames.of(certificate)
+    except MalformedNamesError:
         return set()
-    found = {f"email:{e.lower()}" for e in san.get_values_for_type(x509.RFC822Name)}
-    for other in san.get_values_for_type(x509.OtherName):
-        if other.type_id == OID_UPN:
-            # DER UTF8String: tag, length, value (UPNs are short: one length byte).
-            raw = other.value
-            if len(raw) > 2 and raw[0] == 0x0C and raw[1] < 0x80:
-                found.add("upn:" + raw[2 : 2 + raw[1]].decode("utf-8", "replace").lower())
-    return found
+    return {f"email:{a.lower()}" for a in names.emails} | {f"upn:{u.lower()}" for u in names.upns}
 
 
 def _is_ca(certificate: x509.Certificate) -> bool:

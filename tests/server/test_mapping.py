@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from idm.identity.certnames import UPN_OID
 from idm.identity.server.mapping import (
-    UPN_OID,
     Explicit,
     Mapper,
     MappingError,
