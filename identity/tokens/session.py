@@ -12,6 +12,14 @@
   does not (CKR_DEVICE_REMOVED, CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT, or a
   different token answering), the token is found again by identity, in any slot of any
   loaded module, and the session re-opened (which asks for the PIN again).
+* **Signing fast path.** A signature is the hot path of the agent, so it does not check
+  the slot first: it signs on the open session with the key object (and its
+  CKA_ALWAYS_AUTHENTICATE flag) found on that session earlier. Any error then drops what
+  was remembered and checks the slot: a removed card (which a real reader reports as
+  CKR_DEVICE_REMOVED or CKR_SESSION_HANDLE_INVALID, and SoftHSM2 as
+  CKR_OBJECT_HANDLE_INVALID / CKR_GENERAL_ERROR) is looked for again as above, and
+  reported as not present; a key object that went stale on a present card is looked up
+  once more, unless a PIN was used for that signature (a PIN is never sent twice).
 * **Rescan.** Some modules (SoftHSM2 among them) only notice inserted or removed tokens
   after C_Finalize/C_Initialize, and do not implement C_WaitForSlotEvent. When a token is
   looked for and not found, every loaded module is re-initialized once and the search
@@ -546,6 +554,24 @@ def _token_info(module: _Module, slot: Any, token: Any) -> TokenInfo:
 
 _SESSIONS: dict[tuple[tuple[int, int], TokenIdentity], TokenSession] = {}
 
+_KEY_TYPES = {"rsa": KeyType.RSA, "ec": KeyType.EC}
+_DIGEST_SIZES = {"sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48, "sha512": 64}
+
+
+def _remember_key_type(obj: Any, key_type: Any) -> None:
+    """Make a python-pkcs11 key object answer `key_type` from memory.
+
+    python-pkcs11 0.10 reads CKA_KEY_TYPE from the token at every `sign()` (to pick a
+    default mechanism; ours is always explicit): one C_GetAttributeValue per signature
+    for a value that cannot change. A subclass with the value as a class attribute
+    shadows the base class's reading property for this one object only.
+    """
+    cls = type(obj)
+    try:
+        obj.__class__ = type(cls.__name__, (cls,), {"key_type": key_type})
+    except TypeError:  # a layout python-pkcs11 does not allow to change: keep reading it
+        pass
+
 
 # -- token session ---------------------------------------------------------------------
 
@@ -569,8 +595,21 @@ class TokenSession:
         self._want_login = False
         self._module: _Module | None = None
         self._generation = -1
-        self._session: Any = None
+        # Private keys found for signing on the current pkcs11 session: (type, CKA_ID,
+        # label) -> (key object, CKA_ALWAYS_AUTHENTICATE). Object handles are only valid
+        # on the session they were found on, so setting `_session` forgets them.
+        self._sign_keys: dict[tuple[str, bytes, str], tuple[Any, bool]] = {}
+        self._live: Any = None
         self._lock = threading.RLock()
+
+    @property
+    def _session(self) -> Any:
+        return self._live
+
+    @_session.setter
+    def _session(self, session: Any) -> None:
+        self._live = session
+        self._sign_keys.clear()
 
     # -- liveness ------------------------------------------------------------------
 
@@ -599,12 +638,22 @@ class TokenSession:
         current = _token_info(self._module, self._session.token.slot, token)
         return current.identity == self.identity
 
-    def _ensure(self) -> Any:
-        """The live pkcs11 session, re-finding the token (one rescan) if it moved."""
+    def _ensure(self, *, verify: bool = True) -> Any:
+        """The live pkcs11 session, re-finding the token (one rescan) if it moved.
+
+        `verify=False` trusts an open session of the module's current generation without
+        asking the slot (the caller checks the slot itself when the operation fails).
+        """
         if self.closed:
             raise TokenOperationError(f"the session on token {self.identity} is closed")
-        if self._session is not None and self._token_still_there():
-            return self._session
+        live = self._live
+        if live is not None:
+            if not verify and self._module is not None and (
+                self._module.generation == self._generation
+            ):
+                return live
+            if self._token_still_there():
+                return live
         self._session = None
         self.logged_in = False
         found = self.providers.locate(self.identity)
@@ -619,14 +668,16 @@ class TokenSession:
             self._login_now()
         return self._session
 
-    def _run(self, op: Callable[[Any], T], *, login: bool = False) -> T:
+    def _run(self, op: Callable[[Any], T], *, login: bool = False, verify: bool = True) -> T:
         """Run `op(session)`; if the token went away meanwhile, re-find it and run once more.
 
         The second run is not a PIN retry: a re-opened session asks the PIN provider anew.
+        `verify=False`: see `_ensure`; `op` must then raise a `_GONE` error itself when it
+        fails on a card that is no longer in its slot.
         """
         with self._lock:
             for attempt in (1, 2):
-                session = self._ensure()
+                session = self._ensure(verify=verify)
                 if login and not self.logged_in:
                     self.login()
                     session = self._session
@@ -905,66 +956,105 @@ class TokenSession:
             )
         return matches[0]
 
+    def _signing_key(self, session: Any, key: KeyObject) -> tuple[Any, bool, bool]:
+        """The key object for `key` on `session` and its CKA_ALWAYS_AUTHENTICATE flag,
+        and whether they were remembered from an earlier signature."""
+        remembered = self._sign_keys.get((key.key_type, key.id, key.label))
+        if remembered is not None:
+            return remembered[0], remembered[1], True
+        try:
+            handle = self._private_handle(session, key)
+            attrs = _attributes(handle, (Attribute.ALWAYS_AUTHENTICATE, Attribute.KEY_TYPE))
+        except (ObjectNotFound, p11x.PKCS11Error) as exc:
+            if isinstance(exc, _GONE):
+                raise
+            # Without the slot check before signing, a removed card shows up here (SoftHSM2
+            # finds no objects on a session whose token is gone).
+            if not self._token_still_there():
+                raise p11x.DeviceRemoved() from None
+            if isinstance(exc, ObjectNotFound):
+                raise
+            raise TokenOperationError(
+                f"token {self.identity} failed to find key {key.label or key.uri}: "
+                f"{type(exc).__name__}"
+            ) from None
+        always = key.always_authenticate or bool(attrs.get(Attribute.ALWAYS_AUTHENTICATE, False))
+        key_type = attrs.get(Attribute.KEY_TYPE, _KEY_TYPES.get(key.key_type))
+        if key_type is not None:
+            _remember_key_type(handle, key_type)
+        self._sign_keys[(key.key_type, key.id, key.label)] = (handle, always)
+        return handle, always, False
+
     def sign_digest(self, key: KeyObject, digest: bytes, hash_name: str) -> bytes:
         """Sign a precomputed digest with a private key on the token.
 
         RSA: CKM_RSA_PKCS over DigestInfo||digest (PKCS#1 v1.5). EC: CKM_ECDSA over the
         digest, returning raw r||s. A CKA_ALWAYS_AUTHENTICATE key asks the PIN provider
-        for a context-specific login first (`PinRequest.context_specific`).
+        for a context-specific login first (`PinRequest.context_specific`). The key object
+        is remembered per session (see "Signing fast path" in the module docstring).
         """
         if key.key_type == "rsa":
-            if hash_name not in DIGEST_INFO_PREFIXES:
+            prefix = DIGEST_INFO_PREFIXES.get(hash_name)
+            if prefix is None:
                 raise ValueError(f"unsupported hash for RSA signing: {hash_name!r}")
-            data = DIGEST_INFO_PREFIXES[hash_name] + digest
+            data = prefix + digest
             mechanism = Mechanism.RSA_PKCS
         elif key.key_type == "ec":
             data = digest
             mechanism = Mechanism.ECDSA
         else:
             raise TokenOperationError(f"cannot sign with a {key.key_type} key")
-        if len(digest) != hashlib.new(hash_name).digest_size:
+        size = _DIGEST_SIZES.get(hash_name) or hashlib.new(hash_name).digest_size
+        if len(digest) != size:
             raise ValueError(f"digest length {len(digest)} does not match {hash_name}")
 
         def op(session: Any) -> bytes:
-            handle = self._private_handle(session, key)
-            always = key.always_authenticate or bool(
-                _attributes(handle, (Attribute.ALWAYS_AUTHENTICATE,)).get(
-                    Attribute.ALWAYS_AUTHENTICATE, False
-                )
-            )
-            pin: str | None = None
-            if always:
-                state = self.pin_state()
-                if state.locked:
-                    raise PinLocked(f"token {self.identity}: {state.describe()}")
-                if self.pin_provider is None:
-                    raise PinUnavailable(
-                        f"key {key.label!r} needs the PIN for every signature and no PIN "
-                        "source was given"
+            for attempt in (1, 2):
+                handle, always, remembered = self._signing_key(session, key)
+                pin: str | None = None
+                if always:
+                    state = self.pin_state()
+                    if state.locked:
+                        raise PinLocked(f"token {self.identity}: {state.describe()}")
+                    if self.pin_provider is None:
+                        raise PinUnavailable(
+                            f"key {key.label!r} needs the PIN for every signature and no PIN "
+                            "source was given"
+                        )
+                    pin = self.pin_provider(
+                        PinRequest(
+                            self.identity, state, context_specific=True, key_label=key.label
+                        )
                     )
-                pin = self.pin_provider(
-                    PinRequest(self.identity, state, context_specific=True, key_label=key.label)
-                )
-            try:
-                return bytes(handle.sign(data, mechanism=mechanism, pin=pin))
-            except p11x.PinIncorrect:
-                raise PinIncorrect(
-                    f"wrong PIN for key {key.label!r} on token {self.identity}; not tried "
-                    f"again. PIN state now: {self.pin_state().describe()}"
-                ) from None
-            except p11x.UserNotLoggedIn:
-                raise TokenOperationError(
-                    f"token {self.identity} refused to sign: not logged in"
-                ) from None
-            except _GONE:
-                raise
-            except p11x.PKCS11Error as exc:
-                raise TokenOperationError(
-                    f"token {self.identity} failed to sign with key {key.label!r}: "
-                    f"{type(exc).__name__}"
-                ) from None
+                try:
+                    return bytes(handle.sign(data, mechanism=mechanism, pin=pin))
+                except p11x.PinIncorrect:
+                    self._sign_keys.clear()
+                    raise PinIncorrect(
+                        f"wrong PIN for key {key.label!r} on token {self.identity}; not tried "
+                        f"again. PIN state now: {self.pin_state().describe()}"
+                    ) from None
+                except _GONE:
+                    self._sign_keys.clear()
+                    raise
+                except p11x.PKCS11Error as exc:
+                    self._sign_keys.clear()
+                    # The slot was not checked before signing: do it now.
+                    if not self._token_still_there():
+                        raise p11x.DeviceRemoved() from None
+                    if remembered and pin is None and attempt == 1:
+                        continue  # a stale key object: look it up again (no PIN was sent)
+                    if isinstance(exc, p11x.UserNotLoggedIn):
+                        raise TokenOperationError(
+                            f"token {self.identity} refused to sign: not logged in"
+                        ) from None
+                    raise TokenOperationError(
+                        f"token {self.identity} failed to sign with key {key.label!r}: "
+                        f"{type(exc).__name__}"
+                    ) from None
+            raise AssertionError("unreachable")
 
-        return self._run(op, login=True)
+        return self._run(op, login=True, verify=False)
 
     def sign(self, key: KeyObject, data: bytes, hash_name: str = "sha256") -> bytes:
         """Hash `data` with `hash_name` and sign it (see `sign_digest`)."""
