@@ -14,6 +14,7 @@ Passphrases and PINs in requests are kept out of ``repr()`` so they never reach 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -310,10 +311,37 @@ def _parse_add_identity(reader: w.WireReader, constrained: bool) -> AddIdentity:
     return AddIdentity(key, comment, constraints)
 
 
+_UINT32 = struct.Struct(">I")
+
+
+def _quick_sign_request(body: bytes) -> SignRequest | None:
+    """A well-formed SIGN_REQUEST read directly (the agent's most frequent message).
+
+    None for anything that does not fit exactly; the general parser then reads it and
+    says what is wrong.
+    """
+    size = len(body)
+    if size < 13 or body[0] != SSH_AGENTC_SIGN_REQUEST:
+        return None
+    key_end = 5 + _UINT32.unpack_from(body, 1)[0]
+    if key_end + 4 > size:
+        return None
+    data_end = key_end + 4 + _UINT32.unpack_from(body, key_end)[0]
+    if data_end + 4 != size:
+        return None
+    return SignRequest(
+        bytes(body[5:key_end]), bytes(body[key_end + 4 : data_end]),
+        _UINT32.unpack_from(body, data_end)[0],
+    )
+
+
 def parse_request(body: bytes) -> Request:
     """Parse one message body (type byte + payload, the length already removed)."""
     if len(body) > MAX_MESSAGE_SIZE:
         raise AgentProtocolError(f"message of {len(body)} bytes exceeds {MAX_MESSAGE_SIZE}")
+    quick = _quick_sign_request(body)
+    if quick is not None:
+        return quick
     reader = w.WireReader(body)
     try:
         msg_type = reader.read_byte("message type")

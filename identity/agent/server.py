@@ -32,7 +32,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,7 @@ BODY_TIMEOUT = 30.0
 MAX_CLIENTS = 256
 MAX_SESSION_BINDS = 16
 ASKPASS_TIMEOUT = 120.0
+RECV_SIZE = 16384  # one recv takes a whole usual request (and any pipelined after it)
 _LOCK_ITERATIONS = 100_000
 
 
@@ -321,12 +322,24 @@ class AgentServer:
         thread.start()
 
     def _serve_client(self, conn: socket.socket, state: ClientState) -> None:
+        # Bytes received and not handled yet. A request usually arrives whole in one recv,
+        # so the idle wait has no timeout to set and reset (fewer system calls per
+        # request); only a message that arrives in pieces is read under BODY_TIMEOUT.
+        pending = b""
         try:
             while True:
-                header = _recv_exact(conn, 4, None)
-                if header is None:
-                    break
-                (length,) = struct.unpack(">I", header)
+                if not pending:
+                    pending = conn.recv(RECV_SIZE)
+                    if not pending:
+                        break
+                if len(pending) < 4:
+                    more = _recv_exact(conn, 4 - len(pending), BODY_TIMEOUT)
+                    if more is None:
+                        log.warning("%s closed or stalled in the middle of a message",
+                                    state.label)
+                        break
+                    pending += more
+                (length,) = struct.unpack_from(">I", pending)
                 if length > p.MAX_MESSAGE_SIZE:
                     # OpenSSH closes here too: the stream cannot be resynchronised.
                     log.warning("%s sent a %d-byte message (limit %d): closing",
@@ -336,11 +349,17 @@ class AgentServer:
                 if length == 0:
                     log.warning("%s sent an empty message", state.label)
                     conn.sendall(p.Failure().encode())
+                    pending = pending[4:]
                     continue
-                body = _recv_exact(conn, length, BODY_TIMEOUT)
-                if body is None:
-                    log.warning("%s closed or stalled in the middle of a message", state.label)
-                    break
+                end = 4 + length
+                if len(pending) < end:
+                    more = _recv_exact(conn, end - len(pending), BODY_TIMEOUT)
+                    if more is None:
+                        log.warning("%s closed or stalled in the middle of a message",
+                                    state.label)
+                        break
+                    pending += more
+                body, pending = pending[4:end], pending[end:]
                 conn.sendall(self.handle(body, state))
         except OSError as exc:
             log.debug("%s: connection error: %s", state.label, exc)
@@ -419,28 +438,52 @@ class AgentServer:
                 log.warning("identity source %s: %s", type(source).__name__, exc)
         return out
 
+    def _identities_iter(
+        self, kind: SocketKind
+    ) -> Iterator[tuple[IdentitySource, AgentIdentity]]:
+        """As :meth:`_identities`, lazily (a sign request usually matches the first)."""
+        for source in self.sources:
+            try:
+                identities = source.identities(kind)
+            except IdentityError as exc:
+                log.warning("identity source %s: %s", type(source).__name__, exc)
+                continue
+            for ident in identities:
+                yield source, ident
+
     def _find(
-        self, key: w.KeyBlob, kind: SocketKind
-    ) -> tuple[IdentitySource, AgentIdentity] | None:
-        """The identity holding ``key``'s public key, on this socket's list or any other."""
-        target = key.plain_blob
-        kinds = [kind] + [k for k in SocketKind if k is not kind]
-        for k in kinds:
-            for source, ident in self._identities(k):
+        self, blob: bytes, kind: SocketKind
+    ) -> tuple[w.KeyBlob, tuple[IdentitySource, AgentIdentity] | None]:
+        """The request blob parsed, and the identity holding its public key (on this
+        socket's list first, then on any other), or None.
+
+        The request is usually one of the blobs the agent listed: an equal blob matches
+        at once, with that identity's parse of it (made once per identity). Otherwise the
+        request is parsed and matched by plain key blob. Raises ``WireFormatError`` for a
+        malformed request blob.
+        """
+        parsed: w.KeyBlob | None = None
+        target = b""
+        for k in (kind, *(k for k in SocketKind if k is not kind)):
+            for source, ident in self._identities_iter(k):
+                if ident.blob == blob:
+                    return ident.key, (source, ident)
+                if parsed is None:
+                    parsed = w.parse_key_blob(blob)
+                    target = parsed.plain_blob
                 try:
-                    if ident.blob == key.blob or ident.key.plain_blob == target:
-                        return source, ident
+                    if ident.key.plain_blob == target:
+                        return parsed, (source, ident)
                 except w.WireFormatError as exc:
                     log.warning("identity %r has a malformed blob: %s", ident.comment, exc)
-        return None
+        return (parsed if parsed is not None else w.parse_key_blob(blob)), None
 
     def _sign(self, req: p.SignRequest, state: ClientState) -> p.Response:
         try:
-            key = w.parse_key_blob(req.key_blob)
+            key, found = self._find(req.key_blob, state.kind)
         except w.WireFormatError as exc:
             log.warning("%s: sign request with a malformed key: %s", state.label, exc)
             return p.Failure()
-        found = self._find(key, state.kind)
         if found is None:
             log.warning("%s: sign request for a key this agent does not hold (%s %s)",
                         state.label, key.algorithm, w.fingerprint_sha256(key.plain_blob))
@@ -458,8 +501,9 @@ class AgentServer:
         except IdentityError as exc:
             log.warning("%s: cannot sign with %r: %s", state.label, ident.comment, exc)
             return p.Failure()
-        log.debug("%s: signed with %r (%s, flags 0x%x)", state.label, ident.comment,
-                  key.algorithm, req.flags)
+        if log.isEnabledFor(logging.DEBUG):  # state.label is formatted eagerly otherwise
+            log.debug("%s: signed with %r (%s, flags 0x%x)", state.label, ident.comment,
+                      key.algorithm, req.flags)
         return p.SignResponse(signature)
 
     def _add_identity(self, req: p.AddIdentity, state: ClientState) -> p.Response:
