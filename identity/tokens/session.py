@@ -985,6 +985,24 @@ class TokenSession:
         self._sign_keys[(key.key_type, key.id, key.label)] = (handle, always)
         return handle, always, False
 
+    def _end_stuck_operation(self, session: Any) -> None:
+        """After a failed context-specific login: leave no session that cannot be used.
+
+        SoftHSM2 keeps the signature operation active when the context-specific C_Login
+        fails, and python-pkcs11 has no call that ends it: every later operation on that
+        session would fail with CKR_OPERATION_ACTIVE. A one-byte digest shows whether that
+        is so; if it is, the session is closed (which ends its login, so the next operation
+        logs in again and asks for the PIN as usual).
+        """
+        if session is not self._live:
+            return
+        try:
+            session.digest(b"\x00", mechanism=Mechanism.SHA256)
+        except p11x.OperationActive:
+            self.logout()
+        except p11x.PKCS11Error:
+            pass  # no digest on this token: nothing to tell from it
+
     def sign_digest(self, key: KeyObject, digest: bytes, hash_name: str) -> bytes:
         """Sign a precomputed digest with a private key on the token.
 
@@ -1030,15 +1048,19 @@ class TokenSession:
                     return bytes(handle.sign(data, mechanism=mechanism, pin=pin))
                 except p11x.PinIncorrect:
                     self._sign_keys.clear()
-                    raise PinIncorrect(
+                    message = (
                         f"wrong PIN for key {key.label!r} on token {self.identity}; not tried "
                         f"again. PIN state now: {self.pin_state().describe()}"
-                    ) from None
+                    )
+                    self._end_stuck_operation(session)
+                    raise PinIncorrect(message) from None
                 except _GONE:
                     self._sign_keys.clear()
                     raise
                 except p11x.PKCS11Error as exc:
                     self._sign_keys.clear()
+                    if pin is not None:
+                        self._end_stuck_operation(session)
                     # The slot was not checked before signing: do it now.
                     if not self._token_still_there():
                         raise p11x.DeviceRemoved() from None
