@@ -182,7 +182,7 @@ def _detach() -> None:
 @click.option("-t", "lifetime", metavar="LIFE",
               help="Default lifetime of added identities (seconds, or e.g. 1h30m).")
 @click.option("--pin-cache", type=click.IntRange(min=0), metavar="SECONDS",
-              help="Keep token logins this long (0: ask for every new token session).")
+              help="Keep token logins this long (0: ask the PIN for every signature).")
 @click.option("--pkix-socket", metavar="PATH", type=click.Path(dir_okay=False),
               help="Also serve PKIX-SSH clients (raw-DER x509v3-sign-rsa) on this socket.")
 @click.option("--only", "only", multiple=True, metavar="SELECTOR",

@@ -279,7 +279,10 @@ def _new_key(
     try:
         name = x509.Name.from_rfc4514_string(subject)
     except ValueError as exc:
-        raise UserError(f"--subject {subject!r}: {exc}") from None
+        raise UserError(
+            f"--subject {subject!r} is not a distinguished name "
+            f"({exc or 'expected e.g. CN=Alice,O=Example'})"
+        ) from None
     session = provider_set.open(uri.without_object(), pin)
     key = session.generate_key_pair(kind, label=label or "idm")
     csr = session.make_csr(key, name)

@@ -6,6 +6,7 @@ import click
 
 from idm.cli.context import AppContext
 from idm.cli.output import UserError, print_json, print_table
+from idm.identity.inventory import CERT_STATUSES
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -16,7 +17,8 @@ def _short(fp: str) -> str:
 
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: tokens and certificates.")
-@click.option("--status", help="Only certificates with this status (approved, revoked, …).")
+@click.option("--status", type=click.Choice(CERT_STATUSES),
+              help="Only certificates with this status.")
 @pass_app
 def list_command(app: AppContext, as_json: bool, status: str | None) -> None:
     """List tokens and certificates in the inventory, with their status."""

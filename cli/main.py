@@ -10,7 +10,6 @@ import importlib
 import re
 import sys
 import traceback
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import click
@@ -32,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "refresh": "idm.cli.server:refresh_command",
     "allow": "idm.cli.server:allow_command",
     "krl": "idm.cli.server:krl_command",
+    "authorized-keys": "idm.cli.server:authorized_keys_command",
 }
 
 
@@ -50,15 +50,8 @@ class LazyGroup(click.Group):
         return command
 
 
-def _version() -> str:
-    try:
-        return version("x509-idm")
-    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "unknown"
-
-
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), "--version", prog_name="idm")
+@click.version_option(None, "--version", prog_name="idm", package_name="x509-idm")
 @click.option(
     "--db",
     "db",
@@ -73,7 +66,7 @@ def _version() -> str:
     type=click.Path(dir_okay=False),
     help="Configuration file. Default: IDM_CONFIG, else $XDG_CONFIG_HOME/idm/config.toml.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Show debugging detail and tracebacks.")
+@click.option("-v", "--verbose", is_flag=True, help="Show a traceback with an error.")
 @click.pass_context
 def cli(ctx: click.Context, db: str | None, config_path: str | None, verbose: bool) -> None:
     """idm: X.509 identities for SSH keys on smartcards.
@@ -83,6 +76,8 @@ def cli(ctx: click.Context, db: str | None, config_path: str | None, verbose: bo
     and authorizes sshd logins by certificate.
     """
     app = AppContext(config_path=config_path, db_option=db, verbose=verbose)
+    if config_path is not None:
+        app.config  # noqa: B018 - a file named on the command line must exist and parse
     ctx.obj = app
     ctx.call_on_close(app.close)
 

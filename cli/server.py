@@ -127,3 +127,23 @@ def krl_command(app: AppContext, output: str, as_json: bool) -> None:
         print_json({"output": output, "keys": len(blobs)})
         return
     click.echo(f"{output}: {len(blobs)} revoked key(s)")
+
+
+@click.command(
+    "authorized-keys",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                      "help_option_names": []},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def authorized_keys_command(app: AppContext, args: tuple[str, ...]) -> None:
+    """sshd's AuthorizedKeysCommand: USER [KEYTYPE KEYBLOB] (see `idm authorized-keys
+    --help`). Run as the first word (`idm authorized-keys …`) it skips this CLI entirely."""
+    import sys
+
+    from idm.identity.server.authorized_keys import main as helper_main
+
+    argv = list(args)
+    if app.config_path and "--config" not in argv:
+        argv = ["--config", app.config_path, *argv]
+    sys.exit(helper_main(argv))

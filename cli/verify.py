@@ -77,7 +77,7 @@ def resolve_target(target: str, app: AppContext | None) -> ResolvedTarget:
     The extension point for new kinds of target: a certificate file (PEM with several
     certificates = leaf + untrusted intermediates, or DER), an inventory fingerprint
     (SHA-256 hex, a unique prefix of at least 8 digits, colons allowed), and `pkcs11:`
-    URIs once the tokens support provides them.
+    URIs of a certificate on a token.
     """
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -407,7 +407,7 @@ def verify(
 
     TARGET is a certificate file (PEM or DER; in a PEM file with several certificates
     the first is the leaf and the rest are untrusted intermediates), a certificate's
-    SHA-256 fingerprint from the inventory, or (with tokens support) a pkcs11: URI.
+    SHA-256 fingerprint from the inventory, or a pkcs11: URI of a certificate on a token.
 
     Exit status: 0 when every target is valid, 1 when any is not, 2 for usage or
     input errors.

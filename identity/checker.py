@@ -114,7 +114,8 @@ class CertificateChecker:
         ca_paths = list(ca) or list(config.validation.ca)
         if not ca_paths:
             raise CheckerError(
-                "no trust anchors: give --ca PATH or set [validation] ca in the configuration"
+                "no trust anchors: set [validation] ca in the configuration (or give --ca PATH "
+                "to commands that take it)"
             )
         anchors = load_bundle(ca_paths)
         if not anchors:

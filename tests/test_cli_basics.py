@@ -58,6 +58,8 @@ def test_list_json_on_postgresql(postgres_url: str) -> None:
         ("mysql://x/y", "unsupported database 'mysql'"),
         ("postgresql+nosuchdriver://u@127.0.0.1/x", "cannot use database URL"),
         ("postgresql+psycopg://u:secret@127.0.0.1:1/x", "cannot open the inventory"),
+        ("sqlite:////proc/no-such/inv.sqlite", "cannot create the inventory's folder"),
+        ("sqlite:////etc/hostname", "file is not a database"),
     ],
 )
 def test_malformed_db_url_is_one_clear_line_and_exit_2(url: str, message: str) -> None:
@@ -116,3 +118,22 @@ def test_exit_code_of_ctx_exit_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as exc:
         main.run(["exit-three"])
     assert exc.value.code == 3
+
+
+def test_explicit_config_is_checked_even_when_db_is_given(tmp_path: Path) -> None:
+    r = idm("--config", str(tmp_path / "nope.toml"), "--db", f"sqlite:///{tmp_path}/i.sqlite",
+            "list")
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_unknown_status_is_refused() -> None:
+    r = idm("list", "--status", "lost")
+    assert r.returncode == 2 and "'lost' is not one of" in r.stderr
+
+
+def test_authorized_keys_after_global_options(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[server]\nsnapshot = "{tmp_path / "missing.sqlite"}"\n')
+    r = idm("--config", str(cfg), "authorized-keys", "alice")
+    assert r.returncode == 1 and r.stdout == ""
+    assert "missing.sqlite is missing" in r.stderr

@@ -6,6 +6,9 @@ Importing this package is cheap; the SQLAlchemy-backed API (``Inventory``, the r
 
 from typing import Any
 
+TOKEN_STATES = ("present", "absent", "retired")
+CERT_STATUSES = ("pending", "approved", "rejected", "revoked", "expired", "superseded")
+
 __all__ = ["CertificateRecord", "EventRecord", "Inventory", "InventoryError", "TokenRecord"]
 
 

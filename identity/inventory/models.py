@@ -27,8 +27,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-TOKEN_STATES = ("present", "absent", "retired")
-CERT_STATUSES = ("pending", "approved", "rejected", "revoked", "expired", "superseded")
+from idm.identity.inventory import CERT_STATUSES, TOKEN_STATES  # noqa: F401 - re-exported
 
 
 class UtcDateTime(TypeDecorator[datetime]):

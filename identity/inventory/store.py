@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
@@ -73,7 +73,13 @@ def _parse_url(url: str) -> URL:
 def _sqlite_engine(url: URL) -> Engine:
     database = url.database
     if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder = Path(database).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise InventoryError(
+                f"cannot create the inventory's folder {folder}: {exc.strerror}"
+            ) from None
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
@@ -296,7 +302,7 @@ class Inventory:
     def _connect_errors(self) -> Iterator[None]:
         try:
             yield
-        except OperationalError as exc:
+        except DatabaseError as exc:  # connection refused, not a database, …
             detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             raise InventoryError(
                 f"cannot open the inventory at {self.display_url}: {detail}"
