@@ -5,7 +5,7 @@
 
 PYTHON ?= python3
 VENV := .venv
-DEBIAN_PACKAGES := softhsm2 opensc openssh-client openssh-server openssl postgresql iproute2 util-linux python3-venv
+DEBIAN_PACKAGES := softhsm2 opensc openssh-client openssh-server openssl postgresql iproute2 util-linux procps python3 python3-venv
 PYTEST_ARGS ?=
 
 .PHONY: demo test setup debian-packages venv bench clean
