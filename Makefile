@@ -8,13 +8,17 @@ VENV := .venv
 DEBIAN_PACKAGES := softhsm2 opensc openssh-client openssh-server openssl postgresql iproute2 util-linux procps python3 python3-venv
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup debian-packages venv bench clean
+.PHONY: demo test lint setup debian-packages venv bench clean
 
 demo: setup
 	$(VENV)/bin/python sample-ca/demo.py
 
-test: setup
+test: setup lint
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy identity validator cli
 
 setup: debian-packages venv
 

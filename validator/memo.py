@@ -219,6 +219,7 @@ def express(
     of their bytes. Gives exactly the verdict `validate` would, except that the verdict
     has `chain_subjects` but no parsed `chain` or `leaf`.
     """
+    crls = store  # the RevocationStore face of the same object
     if policy.revocation == OFF or not isinstance(store, PathMemo):
         return None
     at = at or datetime.now(UTC)
@@ -230,9 +231,9 @@ def express(
         record = PathRecord.from_json(text)
     except (ValueError, KeyError, TypeError):
         return None
-    check = RevocationCheck(policy=policy, at=at, store=store, fetcher=None, candidates=[])
+    check = RevocationCheck(policy=policy, at=at, store=crls, fetcher=None, candidates=[])
     for sha in supplied_crl_sha256s:
-        info = store.crl_by_sha256(sha)
+        info = crls.crl_by_sha256(sha)
         if info is None:
             return None  # a CRL never seen: it must be parsed and checked
         check.supplied_issuers.add(info.issuer_key)

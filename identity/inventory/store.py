@@ -284,7 +284,7 @@ class Inventory:
         """Bring the schema to the newest revision; returns (before, after)."""
         before = self.schema_revision()
         if before == SCHEMA_REVISION:
-            return before, before
+            return before, SCHEMA_REVISION
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
