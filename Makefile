@@ -42,8 +42,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Each benchmark compares against its named peer in the same run (docs/performance.md).
 bench: setup
 	$(VENV)/bin/python bench/inventory.py
+	$(VENV)/bin/python bench/verify_crl.py
+	$(VENV)/bin/python bench/authorized_keys.py
+	$(VENV)/bin/python bench/agent_sign.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
