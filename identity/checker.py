@@ -152,6 +152,20 @@ class CertificateChecker:
         )
 
 
+def plain_key_blob(record: CertificateRecord) -> bytes:
+    """The plain SSH blob of a recorded certificate's key, from its DER (authoritative);
+    the stored blob only if the DER no longer parses."""
+    from cryptography import x509
+
+    from idm.identity import sshwire
+
+    try:
+        cert = x509.load_der_x509_certificate(record.der)
+        return sshwire.KeyBlob.plain(cert.public_key()).blob  # type: ignore[arg-type]
+    except (ValueError, sshwire.WireFormatError):
+        return record.key_blob
+
+
 def certificate_record(
     certificate: bytes | x509.Certificate,
     *,

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from idm.validator import verdict as v
 from idm.validator.chain import PathOutcome, is_self_signed, validate_chain
 from idm.validator.errors import PARSE_ERRORS, MalformedInputError
-from idm.validator.memo import PathMemo, PathRecord, path_key, record_for
+from idm.validator.memo import PathMemo, load_path_record, path_key, record_for
 from idm.validator.policy import OFF, Policy, purpose_problem
 from idm.validator.revocation.check import CertFacts, RevocationCheck, revocation_verdict
 from idm.validator.revocation.crl import ca_key
@@ -105,12 +105,8 @@ def _remembered(
     memo: PathMemo, key: str, at: datetime, certs: Sequence[x509.Certificate]
 ) -> PathOutcome | None:
     """The path remembered under `key` for `at`, rebuilt from the certificates given."""
-    text = memo.load_path(key, at)
-    if text is None:
-        return None
-    try:
-        record = PathRecord.from_json(text)
-    except (ValueError, KeyError, TypeError):
+    record = load_path_record(memo, key, at)
+    if record is None:
         return None
     by_sha = {_sha(c): c for c in certs}
     if not all(s in by_sha for s in record.chain_sha256):

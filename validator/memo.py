@@ -201,6 +201,18 @@ def sha256_hex(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def load_path_record(memo: PathMemo, key: str, at: datetime) -> PathRecord | None:
+    """The path remembered under `key` that holds at `at`, or None (also for a record
+    that no longer parses: it is then simply validated again)."""
+    text = memo.load_path(key, at)
+    if text is None:
+        return None
+    try:
+        return PathRecord.from_json(text)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def express(
     leaf_sha256: str,
     anchor_sha256s: Sequence[str],
@@ -224,12 +236,8 @@ def express(
         return None
     at = at or datetime.now(UTC)
     key = path_key(leaf_sha256, anchor_sha256s, intermediate_sha256s, policy)
-    text = store.load_path(key, at)
-    if text is None:
-        return None
-    try:
-        record = PathRecord.from_json(text)
-    except (ValueError, KeyError, TypeError):
+    record = load_path_record(store, key, at)
+    if record is None:
         return None
     check = RevocationCheck(policy=policy, at=at, store=crls, fetcher=None, candidates=[])
     for sha in supplied_crl_sha256s:

@@ -22,22 +22,13 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from cryptography import x509
-
 from idm.identity import sshwire as w
-from idm.identity.inventory.store import CertificateRecord, Inventory
+from idm.identity.checker import plain_key_blob
+from idm.identity.inventory.store import Inventory
 
 KRL_MAGIC = 0x5353484B524C0A00
 KRL_FORMAT_VERSION = 1
 KRL_SECTION_EXPLICIT_KEY = 2
-
-
-def _plain_blob(rec: CertificateRecord) -> bytes:
-    try:
-        cert = x509.load_der_x509_certificate(rec.der)
-        return w.KeyBlob.plain(cert.public_key()).blob  # type: ignore[arg-type]
-    except (ValueError, w.WireFormatError):
-        return rec.key_blob
 
 
 def build_krl(
@@ -64,10 +55,10 @@ def build_krl(
 
 def revoked_blobs(inventory: Inventory) -> list[bytes]:
     """The plain key blobs a KRL of this inventory lists (see the module docstring)."""
-    approved = {_plain_blob(r) for r in inventory.certificates(status="approved")}
+    approved = {plain_key_blob(r) for r in inventory.certificates(status="approved")}
     out: set[bytes] = set()
     for rec in inventory.certificates(status=("revoked", "superseded")):
-        blob = _plain_blob(rec)
+        blob = plain_key_blob(rec)
         if rec.status == "revoked" or blob not in approved:
             out.add(blob)
     return sorted(out)

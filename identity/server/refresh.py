@@ -35,7 +35,7 @@ from typing import Any
 from cryptography import x509
 
 from idm.identity import sshwire as w
-from idm.identity.checker import CertificateChecker
+from idm.identity.checker import CertificateChecker, plain_key_blob
 from idm.identity.config import Config
 from idm.identity.inventory.store import CertificateRecord, Inventory, InventoryError
 from idm.identity.server.mapping import Explicit, Mapper, MappingError, explicit_from_records
@@ -272,7 +272,7 @@ def _refresh(
                 status, reason = "revoked", verdict.reason
                 inventory.set_status(rec.sha256, status, reason, command=command)
                 changes.append(Change(rec.sha256, rec.subject, status, reason))
-        digest = key_digest(_plain_blob(rec))
+        digest = key_digest(plain_key_blob(rec))
         denied.append(DeniedEntry(rec.sha256, digest, status, reason))
         if status == "revoked":
             revoked_keys.add(digest)
@@ -291,7 +291,7 @@ def _refresh(
             status = "revoked" if verdict.status == v.REVOKED else "expired"
             inventory.set_status(rec.sha256, status, verdict.reason, command=command)
             changes.append(Change(rec.sha256, rec.subject, status, verdict.reason))
-            digest = key_digest(_plain_blob(rec))
+            digest = key_digest(plain_key_blob(rec))
             denied.append(DeniedEntry(rec.sha256, digest, status, verdict.reason))
             if status == "revoked":
                 revoked_keys.add(digest)
@@ -344,15 +344,6 @@ def _refresh(
                            f"{previous_deadline(path)}") from None
     return RefreshResult(info, len(approved), authorized, len(users), changes, left_out,
                          len(denied), warnings)
-
-
-def _plain_blob(rec: CertificateRecord) -> bytes:
-    """The plain SSH blob of a certificate's key (from the DER, which is authoritative)."""
-    try:
-        cert = x509.load_der_x509_certificate(rec.der)
-        return w.KeyBlob.plain(cert.public_key()).blob  # type: ignore[arg-type]
-    except (ValueError, w.WireFormatError):
-        return rec.key_blob
 
 
 def certificate_sha256(der: bytes) -> str:
