@@ -21,7 +21,6 @@ import pwd
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -44,10 +43,6 @@ class DemoError(Exception):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Demo:
@@ -139,6 +134,8 @@ class Demo:
         askpass = self.work / "askpass"
         askpass.write_text(f"#!/bin/sh\ncat {shlex.quote(str(pin_file))}\n")
         askpass.chmod(0o700)
+        from tests.ports import free_port
+
         self.port = free_port()
         self.ssh_port = free_port()
         self.env.update(

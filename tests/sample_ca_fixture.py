@@ -50,7 +50,6 @@ import json
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -60,6 +59,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.ports import free_port
 
 TOOL = Path(__file__).resolve().parent.parent / "sample-ca" / "sample_ca.py"
 # How long to wait for the server's ready line. Not a test assertion: a ceiling so a
@@ -76,11 +77,6 @@ class SampleCAToolError(RuntimeError):
         super().__init__(f"{cmd} exited {proc.returncode}: {proc.stderr.strip()}")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_tool(*args: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -40,6 +40,8 @@ API (keep it stable):
   are loaded at once, like two vendors' modules. (A symlink to the same file would be
   the same module instance: PKCS#11 modules are per file, see
   idm.identity.tokens.session.)
+- ``CountingPin(pin)``: a PIN provider that answers ``pin`` and keeps every request in
+  ``.requests``.
 - pytest fixtures: ``softhsm`` (a fresh SoftHSM, SOFTHSM2_CONF set) and
   ``softhsm_second`` (a fresh SoftHSM on the second module, SOFTHSM2_CON2 set); import
   them into a test module (or conftest) to use them.
@@ -332,3 +334,15 @@ def softhsm_second(
     monkeypatch.setenv(SECOND_CONF_ENV, str(box.conf))
     box.reinitialize()
     yield box
+
+
+class CountingPin:
+    """A PIN provider that records every request (to prove how often a PIN was asked)."""
+
+    def __init__(self, pin: str) -> None:
+        self.pin = pin
+        self.requests: list[Any] = []  # idm.identity.tokens.pin.PinRequest
+
+    def __call__(self, request: Any) -> str:
+        self.requests.append(request)
+        return self.pin

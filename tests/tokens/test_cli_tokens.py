@@ -6,25 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from idm.cli import main
 from tests.softhsm import SOFTHSM_MODULE, SoftHSM, softhsm, softhsm_second
 
 __all__ = ["softhsm", "softhsm_second"]
 
 pytestmark = pytest.mark.softhsm
-
-
-@pytest.fixture
-def idm(tmp_path: Path):
-    db = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
-
-    def run(*args: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(main.cli, ["--db", db, *args])
-        return result.exit_code, result.stdout, result.stderr
-
-    return run
 
 
 def test_tokens_lists_both_modules_with_pin_state(

@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from cryptography import x509
 
-from idm.cli import main
 from idm.identity.inventory.store import open_inventory
 from tests.sample_ca_fixture import make_sample_ca, serving
 from tests.softhsm import SoftHSM, softhsm, softhsm_second
@@ -17,18 +15,6 @@ from tests.softhsm import SoftHSM, softhsm, softhsm_second
 __all__ = ["softhsm", "softhsm_second"]
 
 pytestmark = pytest.mark.softhsm
-
-
-@pytest.fixture
-def idm(tmp_path: Path):
-    db = f"sqlite:///{tmp_path / 'inventory.sqlite'}"
-
-    def run(*args: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(main.cli, ["--db", db, *args])
-        return result.exit_code, result.stdout, result.stderr
-
-    run.db = db  # type: ignore[attr-defined]
-    return run
 
 
 def test_card_replacement_story(idm, softhsm: SoftHSM, tmp_path: Path) -> None:

@@ -19,26 +19,14 @@ from idm.identity.tokens.errors import (
     TokenNotFound,
     TokenNotPresent,
 )
-from idm.identity.tokens.pin import PinRequest, UriPin
+from idm.identity.tokens.pin import UriPin
 from idm.identity.tokens.session import ProviderSet, TokenSession, verify_signature
 from idm.identity.tokens.uri import Pkcs11Uri
-from tests.softhsm import SOFTHSM_MODULE, SPY_MODULE, SoftHSM, softhsm, softhsm_second
+from tests.softhsm import SOFTHSM_MODULE, SPY_MODULE, CountingPin, SoftHSM, softhsm, softhsm_second
 
 __all__ = ["softhsm", "softhsm_second"]  # fixtures used below
 
 pytestmark = pytest.mark.softhsm
-
-
-class CountingPin:
-    """A PIN provider that records every request (to prove how often a PIN was asked)."""
-
-    def __init__(self, pin: str) -> None:
-        self.pin = pin
-        self.requests: list[PinRequest] = []
-
-    def __call__(self, request: PinRequest) -> str:
-        self.requests.append(request)
-        return self.pin
 
 
 def _session(providers: ProviderSet, uri: str, pin: str) -> tuple[TokenSession, CountingPin]:

@@ -16,26 +16,13 @@ from pathlib import Path
 import pytest
 
 from idm.identity.tokens.errors import PinIncorrect, TokenNotPresent
-from idm.identity.tokens.pin import PinRequest
 from idm.identity.tokens.session import KeyObject, ProviderSet, verify_signature
 from idm.identity.tokens.uri import Pkcs11Uri
-from tests.softhsm import SOFTHSM_MODULE, SPY_MODULE, SoftHSM, softhsm
+from tests.softhsm import SOFTHSM_MODULE, SPY_MODULE, CountingPin, SoftHSM, softhsm
 
 __all__ = ["softhsm"]  # fixture used below
 
 pytestmark = pytest.mark.softhsm
-
-
-class CountingPin:
-    """A PIN provider that records every request."""
-
-    def __init__(self, pin: str) -> None:
-        self.pin = pin
-        self.requests: list[PinRequest] = []
-
-    def __call__(self, request: PinRequest) -> str:
-        self.requests.append(request)
-        return self.pin
 
 
 def _bare(key: KeyObject) -> KeyObject:
