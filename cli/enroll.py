@@ -32,18 +32,14 @@ KINDS = ("rsa2048", "rsa3072", "ec-p256", "ec-p384")
 
 
 def _load_certificate(path: str) -> Any:
-    from cryptography import x509
+    """The certificate in a PEM or DER file (the first one, if a PEM file holds several)."""
+    from idm.validator.bundle import load_certificate_file
+    from idm.validator.errors import MalformedInputError
 
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError:
-        raise UserError(f"{path}: not a PEM or DER X.509 certificate") from None
+        return load_certificate_file(path)[0]
+    except MalformedInputError as exc:
+        raise UserError(str(exc)) from None
 
 
 @click.command("enroll")
