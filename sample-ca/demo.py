@@ -43,8 +43,6 @@ class DemoError(Exception):
     pass
 
 
-
-
 class Demo:
     def __init__(self, workdir: Path) -> None:
         self.work = workdir
@@ -209,6 +207,11 @@ class Demo:
                      f"AuthorizedKeysCommand {self.show([str(self.helper)])} %u %t %k",
                      "AuthorizedKeysCommandUser nobody"):
             print(f"     {line}")
+        # On a machine where the ssh service never ran, sshd's privilege separation
+        # directory does not exist yet; the demo makes it as the service would.
+        from tests.sshd import ensure_privsep_dir
+
+        ensure_privsep_dir()
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"
         self.start([sshd, "-D", "-e", "-f", d / "sshd_config"],
                    f"listening on 127.0.0.1 port {self.ssh_port}", d / "sshd.log")

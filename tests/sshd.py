@@ -35,10 +35,21 @@ SSH_KEYGEN = shutil.which("ssh-keygen")
 STARTUP_GUARD_SECONDS = 20.0
 
 
+# Debian's sshd is built with this privilege separation directory; the ssh service makes it
+# (RuntimeDirectory=sshd), so on a machine where that service never ran it is missing.
+PRIVSEP_DIR = Path("/run/sshd")
+
+
 class SshdUnavailable(Exception):
     """sshd cannot be run here (not installed, not root, config rejected)."""
 
 
+def ensure_privsep_dir() -> None:
+    """Create sshd's privilege separation directory as sshd requires it (root-owned, 0755):
+    without it sshd stops with "Missing privilege separation directory: /run/sshd"."""
+    PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+    os.chown(PRIVSEP_DIR, 0, 0)
+    os.chmod(PRIVSEP_DIR, 0o755)
 
 
 @dataclass
@@ -118,7 +129,7 @@ def start_sshd(
         raise SshdUnavailable("sshd with privilege separation needs root")
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
+    ensure_privsep_dir()
     host_key = workdir / "ssh_host_ed25519_key"
     if not host_key.exists():
         subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "test-host",
