@@ -34,10 +34,12 @@ debian-packages:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# setuptools notes that an editable install's folders "may take precedence during imports"
+# (no folder here is named idm, so none can): PYTHONWARNINGS filters that one note.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test,dev]'
+	PYTHONWARNINGS='ignore:Editable installation' $(VENV)/bin/python -m pip install -q -e '.[test,dev]'
 	@touch $@
 
 venv: $(VENV)/.installed
