@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,3 +38,67 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     click.echo(line.format(*headers).rstrip())
     for row in cells:
         click.echo(line.format(*row).rstrip())
+
+
+def terminal_width(stream: Any = None) -> int:
+    """Columns of the terminal `stream` (default stdout) is on; $COLUMNS, else 80."""
+    try:
+        return os.get_terminal_size((stream or sys.stdout).fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return shutil.get_terminal_size().columns
+
+
+class Progress:
+    """One self-rewriting status line on stderr while the command waits, on a terminal only.
+
+    A ticker adds the seconds spent on the current step, so a slow responder shows as a
+    growing number instead of a frozen screen. Nothing is written when stderr is not a
+    terminal (timers, pipes, logs get no escape codes).
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._text = ""
+        self._started = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            self._ticker = threading.Thread(target=self._tick, daemon=True)
+            self._ticker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        if self.enabled:
+            with self._lock:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+
+    def update(self, text: str) -> None:
+        """Show `text` as the current step (its clock starts now)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            self._text, self._started = text, time.monotonic()
+            self._draw()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                if self._text:
+                    self._draw()
+
+    def _draw(self) -> None:
+        waited = int(time.monotonic() - self._started)
+        line = self._text + (f" ({waited} s)" if waited else "")
+        width = terminal_width(self.stream) - 1
+        if len(line) > width:
+            line = line[: max(width - 1, 0)] + "…"
+        self.stream.write("\r\x1b[K" + line)
+        self.stream.flush()

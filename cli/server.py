@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import UserError, print_json, print_table
+from idm.cli.output import Progress, UserError, print_json, print_table
 
 
 @click.command("refresh")
@@ -23,8 +24,16 @@ def refresh_command(app: AppContext, snapshot: str | None, as_json: bool) -> Non
 
     Asks OCSP responders and CRL distribution points afresh, marks revoked and expired
     certificates, maps valid ones to users and replaces the snapshot that
-    `idm authorized-keys` reads (atomically). Run it from a timer. If the inventory
-    cannot be reached, the previous snapshot stays in place until its deadline.
+    `idm authorized-keys` reads (atomically). Run it from a timer. Reports which users
+    and certificates entered or left the snapshot, and why.
+
+    \b
+    Exit status:
+      0  the snapshot was written and every approved certificate was checked
+      2  nothing was written (the inventory, configuration or snapshot folder is
+         unusable); the previous snapshot stays in place until its deadline
+      3  the snapshot was written, but approved certificates could not be checked
+         (their revocation status could not be had): they authorize nothing now
     """
     from idm.cli.main import command_line
     from idm.identity.server.refresh import RefreshError, previous_deadline, refresh
@@ -36,25 +45,63 @@ def refresh_command(app: AppContext, snapshot: str | None, as_json: bool) -> Non
     except UserError as exc:
         message = f"refresh failed: {exc.format_message()}; {previous_deadline(path)}"
         raise UserError(message) from None
-    try:
-        result = refresh(inventory, config, snapshot_path=path, command=command_line())
-    except RefreshError as exc:
-        raise UserError(f"refresh failed: {exc}") from None
+    with Progress() as bar:
+        def progress(done: int, total: int, subject: str) -> None:
+            bar.update(f"refresh: checking certificate {done + 1} of {total}: {subject}")
+
+        try:
+            result = refresh(inventory, config, snapshot_path=path, command=command_line(),
+                             progress=progress)
+        except RefreshError as exc:
+            raise UserError(f"refresh failed: {exc}") from None
     if as_json:
         print_json(result.as_dict())
-        return
+    else:
+        _refresh_report(result)
+    for warning in result.warnings:
+        click.echo(f"idm: warning: {warning}", err=True)
+    for c in result.from_cache:
+        click.echo(f"idm: warning: {c.certificate[:16]} {c.subject}: checked from the cache: "
+                   f"{c.reason}", err=True)
+    if result.unchecked:
+        click.echo(f"idm: error: {len(result.unchecked)} approved certificate(s) could not be "
+                   f"checked and authorize nothing now (exit status {result.exit_status}):",
+                   err=True)
+        for c in result.unchecked:
+            click.echo(f"  {c.certificate[:16]} {c.subject}: {c.reason}", err=True)
+    click.get_current_context().exit(result.exit_status)
+
+
+def _refresh_report(result: Any) -> None:
+    """The human report of `idm refresh`: the totals, then what entered and left, and why."""
     data = result.as_dict()
     click.echo(
         f"snapshot {data['snapshot']}: {result.snapshot.entries} key line(s) for "
         f"{result.users} user(s) from {result.authorized} of {result.checked} approved "
         f"certificate(s); valid until {data['deadline']}"
     )
-    if result.changes or result.left_out:
-        rows = [(c.certificate[:16], c.status, c.subject, c.reason)
-                for c in (*result.changes, *result.left_out)]
-        print_table(["CERTIFICATE", "NOW", "SUBJECT", "REASON"], rows)
-    for warning in result.warnings:
-        click.echo(f"idm: warning: {warning}", err=True)
+    diff = result.diff
+    if not diff.previous:
+        click.echo("no previous snapshot: every entry is new")
+    if diff.users_entered:
+        click.echo("users who can now log in: " + ", ".join(diff.users_entered))
+    if diff.users_left:
+        click.echo("users who can no longer log in: " + ", ".join(diff.users_left))
+    moved = [("+", m) for m in diff.entered] + [("-", m) for m in diff.left]
+    if moved:
+        click.echo("\nSnapshot changes:")
+        print_table(["", "CERTIFICATE", "USERS", "SUBJECT", "WHY"],
+                    [(sign, m.certificate[:16], ",".join(m.users), m.subject, m.reason)
+                     for sign, m in moved])
+    if result.changes:
+        click.echo("\nStatus changes:")
+        print_table(["CERTIFICATE", "NOW", "SUBJECT", "REASON"],
+                    [(c.certificate[:16], c.status, c.subject, c.reason) for c in result.changes])
+    if result.left_out:
+        click.echo("\nApproved but not in the snapshot:")
+        print_table(["CERTIFICATE", "STATUS", "SUBJECT", "REASON"],
+                    [(c.certificate[:16], c.status, c.subject, c.reason)
+                     for c in result.left_out])
 
 
 @click.command("allow")

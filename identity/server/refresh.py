@@ -17,7 +17,13 @@ One run:
    are checked for revocation too, so a lost card's revocation reaches the event log
    and the KRL;
 4. maps each valid certificate to its users (mapping.py) and writes the snapshot
-   atomically (snapshot.py).
+   atomically (snapshot.py);
+5. compares the new snapshot with the one it replaces and reports who and what entered
+   or left it, and why (the verdict's reason, the status the inventory gives, or the
+   mapping). Approved certificates whose revocation status could be had neither fresh
+   nor from the cache are *unchecked*: they get no key line, and the run's
+   ``exit_status`` is ``EXIT_UNCHECKED`` (3) so that a timer or a monitor notices
+   instead of a silent lock-out.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import fcntl
 import hashlib
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -55,6 +61,13 @@ from idm.validator import verdict as v
 from idm.validator.revocation.store import CrlInfo, OcspRecord, RevocationStore, RevokedEntry
 
 DENIED_STATUSES = ("revoked", "superseded", "rejected", "expired")
+
+# `idm refresh` exit status when the snapshot was written but approved certificates could
+# not be checked (their revocation status could not be had): they authorize nothing now.
+EXIT_UNCHECKED = 3
+
+# progress(done, total, subject): called before each certificate is validated.
+Progress = Callable[[int, int, str], None]
 
 
 class RefreshError(Exception):
@@ -125,6 +138,43 @@ class Change:
 
 
 @dataclass
+class Movement:
+    """A certificate that entered or left the snapshot for some users, and why."""
+
+    certificate: str
+    subject: str
+    users: list[str]
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"certificate": self.certificate, "subject": self.subject,
+                "users": self.users, "reason": self.reason}
+
+
+@dataclass
+class SnapshotDiff:
+    """What changed between the snapshot replaced and the one written.
+
+    ``previous`` is False when there was no readable snapshot before (every entry is new).
+    """
+
+    previous: bool
+    entered: list[Movement] = field(default_factory=list)
+    left: list[Movement] = field(default_factory=list)
+    users_entered: list[str] = field(default_factory=list)
+    users_left: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "previous": self.previous,
+            "entered": [m.as_dict() for m in self.entered],
+            "left": [m.as_dict() for m in self.left],
+            "users_entered": self.users_entered,
+            "users_left": self.users_left,
+        }
+
+
+@dataclass
 class RefreshResult:
     """What one refresh did."""
 
@@ -136,6 +186,16 @@ class RefreshResult:
     left_out: list[Change] = field(default_factory=list)
     denied: int = 0
     warnings: list[str] = field(default_factory=list)
+    diff: SnapshotDiff = field(default_factory=lambda: SnapshotDiff(previous=False))
+    # Approved certificates whose status could not be had (a subset of left_out).
+    unchecked: list[Change] = field(default_factory=list)
+    # Approved certificates kept on cached status because the fresh query failed.
+    from_cache: list[Change] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        """0, or EXIT_UNCHECKED when approved certificates could not be checked."""
+        return EXIT_UNCHECKED if self.unchecked else 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -149,7 +209,11 @@ class RefreshResult:
             "denied": self.denied,
             "changes": [c.as_dict() for c in self.changes],
             "left_out": [c.as_dict() for c in self.left_out],
+            "unchecked": [c.as_dict() for c in self.unchecked],
+            "from_cache": [c.as_dict() for c in self.from_cache],
+            **self.diff.as_dict(),
             "warnings": self.warnings,
+            "exit_status": self.exit_status,
         }
 
 
@@ -192,6 +256,7 @@ def refresh(
     snapshot_path: Path | None = None,
     now: datetime | None = None,
     command: str | None = None,
+    progress: Progress | None = None,
 ) -> RefreshResult:
     """Run one refresh (see the module docstring); RefreshError if it cannot."""
     path = Path(snapshot_path or config.server.snapshot)
@@ -206,7 +271,8 @@ def refresh(
         raise RefreshError(f"cannot lock {path}: {exc.strerror}; "
                            f"{previous_deadline(path)}") from None
     try:
-        return _refresh_locked(inventory, config, path, now, command, file_principals)
+        return _refresh_locked(inventory, config, path, now, command, file_principals,
+                               progress)
     finally:
         os.close(lock_fd)  # releases the lock
 
@@ -218,6 +284,7 @@ def _refresh_locked(
     now: datetime,
     command: str | None,
     file_principals: list[Explicit],
+    progress: Progress | None,
 ) -> RefreshResult:
     try:
         approved, denied_records, db_principals = _load(inventory)
@@ -236,7 +303,7 @@ def _refresh_locked(
         raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
     try:
         return _refresh(inventory, checker, mapper, approved, denied_records, db_principals,
-                        path, now, config.server.snapshot_lifetime, command)
+                        path, now, config.server.snapshot_lifetime, command, progress)
     except InventoryError as exc:
         raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
 
@@ -252,9 +319,24 @@ def _refresh(
     now: datetime,
     lifetime: int,
     command: str | None,
+    progress: Progress | None,
 ) -> RefreshResult:
     deadline = now + timedelta(seconds=lifetime)
+    previous = _previous_entries(path)
+    recheck = {r.sha256 for r in denied_records if r.status == "superseded" and r.not_after > now}
+    total = len(recheck) + len(approved)
+    done = 0
+
+    def step(rec: CertificateRecord) -> None:
+        nonlocal done
+        if progress is not None:
+            progress(done, total, rec.subject)
+        done += 1
+
     fresh = replace(checker, store=FreshFirstStore(checker.store))
+    # When the fresh query fails, only the cache may answer: asking the same unreachable
+    # responder a second time would double the wait.
+    cached = replace(checker, policy=replace(checker.policy, offline=True))
     entries: list[KeyEntry] = []
     changes: list[Change] = []
     left_out: list[Change] = []
@@ -262,11 +344,14 @@ def _refresh(
     denied: list[DeniedEntry] = []
     revoked_keys: set[bytes] = set()
 
+    unchecked: list[Change] = []
+    from_cache: list[Change] = []
     for rec in denied_records:
         status, reason = rec.status, rec.status_reason
-        if status == "superseded" and rec.not_after > now:
+        if rec.sha256 in recheck:
             # A replaced card's certificate is still denied, but its revocation (a lost
             # card) is news: it puts the key into the KRL and the event log.
+            step(rec)
             verdict = fresh.check(rec.der, at=now)
             if verdict.status == v.REVOKED:
                 status, reason = "revoked", verdict.reason
@@ -280,11 +365,21 @@ def _refresh(
     users: set[str] = set()
     authorized = 0
     for rec in approved:
+        step(rec)
         verdict = fresh.check(rec.der, at=now)
         if verdict.status == v.REVOCATION_UNKNOWN:
             # The responder or distribution point is unreachable now: cached status that
             # is still within its nextUpdate is as good as it was when it was fetched.
-            verdict = checker.check(rec.der, at=now)
+            failed = verdict
+            verdict = cached.check(rec.der, at=now)
+            if verdict.status == v.REVOCATION_UNKNOWN:
+                # Why the fresh query failed says more than "nothing in the cache".
+                verdict = failed
+                unchecked.append(Change(rec.sha256, rec.subject, verdict.status, verdict.reason))
+            elif verdict.valid:
+                until = _iso(int((verdict.fresh_until or rec.not_after).timestamp()))
+                from_cache.append(Change(rec.sha256, rec.subject, "cached",
+                                         f"{failed.reason}; the cached status holds until {until}"))
         inventory.record_verdict(rec.sha256, verdict.status, verified_at=now,
                                  fresh_until=verdict.fresh_until)
         if verdict.status in (v.REVOKED, v.EXPIRED):
@@ -342,8 +437,72 @@ def _refresh(
     except (OSError, sqlite3.Error) as exc:
         raise RefreshError(f"cannot write the snapshot {path}: {exc}; "
                            f"{previous_deadline(path)}") from None
+    why = _reasons(changes, left_out, denied_records, revoked_keys, entries)
+    diff = _diff(previous, kept, why)
     return RefreshResult(info, len(approved), authorized, len(users), changes, left_out,
-                         len(denied), warnings)
+                         len(denied), warnings, diff, unchecked, from_cache)
+
+
+def _previous_entries(path: Path) -> dict[str, tuple[str, set[str]]] | None:
+    """certificate -> (subject, users) of the snapshot in place, or None if unreadable."""
+    try:
+        with Snapshot(path) as snap:
+            found: dict[str, tuple[str, set[str]]] = {}
+            for e in snap.all_keys():
+                found.setdefault(e.certificate, (e.subject, set()))[1].add(e.username)
+            return found
+    except SnapshotError:
+        return None
+
+
+def _reasons(
+    changes: list[Change],
+    left_out: list[Change],
+    denied_records: list[CertificateRecord],
+    revoked_keys: set[bytes],
+    entries: list[KeyEntry],
+) -> dict[str, str]:
+    """Why each certificate that authorizes nothing now does not (for the diff)."""
+    why: dict[str, str] = {}
+    for e in entries:
+        if e.digest in revoked_keys:
+            why[e.certificate] = "its key is also in a revoked certificate"
+    for c in (*left_out, *changes):
+        why[c.certificate] = f"{c.status}: {c.reason}"
+    for rec in denied_records:
+        why.setdefault(rec.sha256, f"{rec.status}: {rec.status_reason or 'no reason recorded'}")
+    return why
+
+
+def _diff(
+    previous: dict[str, tuple[str, set[str]]] | None,
+    kept: list[KeyEntry],
+    why: dict[str, str],
+) -> SnapshotDiff:
+    now_in: dict[str, tuple[str, set[str], set[str]]] = {}
+    for e in kept:
+        subject, users, rules = now_in.setdefault(e.certificate, (e.subject, set(), set()))
+        users.add(e.username)
+        rules.add(e.rule)
+    before = previous or {}
+    diff = SnapshotDiff(previous=previous is not None)
+    for sha, (subject, users, rules) in now_in.items():
+        added = users - before.get(sha, ("", set()))[1]
+        if added:
+            reason = ("valid; mapped by rule " + ", ".join(sorted(rules)) if sha not in before
+                      else "valid; the mapping now names these users")
+            diff.entered.append(Movement(sha, subject, sorted(added), reason))
+    for sha, (subject, users) in before.items():
+        removed = users - now_in.get(sha, ("", set(), set()))[1]
+        if removed:
+            reason = (why.get(sha, "no longer approved in the inventory") if sha not in now_in
+                      else "still valid, but the mapping no longer names these users")
+            diff.left.append(Movement(sha, subject, sorted(removed), reason))
+    users_before = {u for _, users in before.values() for u in users}
+    users_now = {u for _, users, _ in now_in.values() for u in users}
+    diff.users_entered = sorted(users_now - users_before)
+    diff.users_left = sorted(users_before - users_now)
+    return diff
 
 
 def certificate_sha256(der: bytes) -> str:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,17 @@ def plain_pub_line(cert_path: Path) -> str:
     return out.stdout.strip()
 
 
+@contextmanager
+def hung_listener(port: int) -> Iterator[socket.socket]:
+    """A TCP server on 127.0.0.1:PORT that accepts connections and never answers (a hung
+    CRL/OCSP responder): the kernel completes each handshake, nothing is ever read or sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(64)
+        yield s
+
+
 def write_config(
     path: Path,
     *,
@@ -49,6 +63,7 @@ def write_config(
     db: str | None = None,
     policy: str = "hard-fail",
     lifetime: int = 3600,
+    read_timeout: float = 5.0,
     mapping: tuple[str, ...] = ("principals", "email", "upn", "cn"),
     principals_dir: Path | None = None,
     crl: Path | None = None,
@@ -64,7 +79,7 @@ def write_config(
         "[revocation]",
         f'policy = "{policy}"',
         "connect_timeout = 2.0",
-        "read_timeout = 5.0",
+        f"read_timeout = {read_timeout}",
     ]
     if crl:
         lines.append(f'crl = ["{crl}"]')
