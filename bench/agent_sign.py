@@ -11,6 +11,11 @@ is timed on an idm agent serving 50 approved certificates (alice's card plus 49 
 certificates registered for a card that was never inserted: listed like present ones).
 
     .venv/bin/python bench/agent_sign.py [--signatures 500] [--block 10] [--lists 2000]
+                                         [--clients 32] [--seconds 5] [--rounds 3]
+
+Throughput: ``--clients N`` (default 32) connections sign at the same time, each in its
+own thread, for ``--seconds`` per agent, alternating agents in ``--rounds`` rounds; it
+prints signatures per second for each and the ratio idm / ssh-agent (higher is better).
 
 Revocation comes from the sample CA's CRL files (offline), so no server runs. Prints
 median / p90 per agent and the ratio idm / ssh-agent.
@@ -29,6 +34,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -210,6 +216,43 @@ def sign_times(agent: RawAgent, blob: bytes, n: int) -> list[float]:
     return times
 
 
+def throughput(path: Path, blob: bytes, clients: int, seconds: float) -> float:
+    """Signatures per second with ``clients`` connections signing at once."""
+    conns = [RawAgent(path) for _ in range(clients)]
+    counts = [0] * clients
+    start = threading.Barrier(clients + 1)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        start.wait()
+        n = 0
+        while not stop.is_set():
+            msg = p.SignRequest(blob, b"bench %d %d" % (i, n), w.SIGN_RSA_SHA2_256).encode()
+            body = conns[i].request(msg)
+            if body[:1] != bytes([p.SSH_AGENT_SIGN_RESPONSE]):
+                errors.append(f"sign failed (response type {body[:1].hex()})")
+                return
+            n += 1
+        counts[i] = n
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    if errors:
+        raise SystemExit(errors[0])
+    return sum(counts) / elapsed
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -220,6 +263,9 @@ def main() -> None:
     ap.add_argument("--signatures", type=int, default=500)
     ap.add_argument("--block", type=int, default=10)
     ap.add_argument("--lists", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     for tool in ("ssh-agent", "ssh-add", "softhsm2-util", "pkcs11-tool"):
         if shutil.which(tool) is None:
@@ -276,6 +322,12 @@ def main() -> None:
             pair_ratios.append(statistics.median(block_idm) / statistics.median(block_ssh))
             done += n
 
+        rates_ssh: list[float] = []
+        rates_idm: list[float] = []
+        for _ in range(args.rounds):
+            rates_ssh.append(throughput(ssh_sock, plain, args.clients, args.seconds))
+            rates_idm.append(throughput(idm_sock, plain, args.clients, args.seconds))
+
         lister = RawAgent(list_sock)
         deadline = time.monotonic() + 60
         while len(lister.identities()) < 100:
@@ -301,6 +353,13 @@ def main() -> None:
         ratio = statistics.median(t_idm) / statistics.median(t_ssh)
         print(f"median ratio idm / ssh-agent: {ratio:.2f} (goal <= 1.00); median of the "
               f"{len(pair_ratios)} block-pair ratios: {statistics.median(pair_ratios):.2f}")
+        per_round = ", ".join(f"{i / s:.2f}" for i, s in zip(rates_idm, rates_ssh, strict=True))
+        print(f"throughput, {args.clients} clients signing at once, {args.rounds} rounds of "
+              f"{args.seconds:g} s per agent: ssh-agent median "
+              f"{statistics.median(rates_ssh):.0f}/s, idm agent median "
+              f"{statistics.median(rates_idm):.0f}/s; ratio idm / ssh-agent "
+              f"{statistics.median(rates_idm) / statistics.median(rates_ssh):.2f} "
+              f"(per round: {per_round})")
         print(f"listing 50 approved certificates (100 blobs on the standard socket), "
               f"{args.lists} requests: median {ms(statistics.median(t_list))}, "
               f"p90 {ms(percentile(t_list, 0.9))} (goal <= 2 ms)")

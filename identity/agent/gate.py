@@ -21,7 +21,6 @@ retried after ``retry_interval``.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -29,12 +28,11 @@ from datetime import UTC, datetime
 
 from cryptography import x509
 
+from idm.identity.agent.agentlog import log
 from idm.identity.checker import CertificateChecker
 from idm.identity.inventory.store import CertificateRecord, Inventory
 from idm.identity.server.refresh import FreshFirstStore
 from idm.validator import verdict as v
-
-log = logging.getLogger("idm.agent")
 
 COMMAND = "idm agent"
 

@@ -38,6 +38,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from idm.identity import sshwire as w
 from idm.identity.agent.protocol import Constraints
+from idm.identity.display import printable
 
 
 class SocketKind(enum.Enum):
@@ -58,12 +59,19 @@ class AgentIdentity:
     ``blob`` in the form to offer; ``comment`` shown by ``ssh-add -l``; ``confirm`` asks
     the user (SSH_ASKPASS) before each signature; ``handle`` is the source's own reference
     to the key (a token object URI, a software key...), opaque to the server.
+
+    The comment is stored through :func:`idm.identity.display.printable`, whatever the
+    source passed: ``ssh-add -L`` prints it after the key on the same line, so a newline
+    in a certificate subject would otherwise print a second, attacker-chosen key line.
     """
 
     blob: bytes
     comment: str
     confirm: bool = False
     handle: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "comment", printable(self.comment))
 
     @cached_property
     def key(self) -> w.KeyBlob:

@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidSignature
 
 from idm.identity import sshwire as w
 from idm.identity.agent import protocol as p
+from idm.identity.agent.agentlog import log
 from idm.identity.agent.identities import (
     AgentIdentity,
     IdentityError,
@@ -48,8 +49,6 @@ from idm.identity.agent.identities import (
     SocketKind,
     SoftwareKeyring,
 )
-
-log = logging.getLogger("idm.agent")
 
 # A client that starts a message must finish it within this many seconds; an idle
 # connection (ssh keeps one open for its whole session) may wait forever.

@@ -59,7 +59,6 @@ PIN policy
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import threading
 import time
@@ -70,6 +69,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from idm.identity import sshwire as w
+from idm.identity.agent.agentlog import log
 from idm.identity.agent.gate import COMMAND, GateVerdict, ValidationGate
 from idm.identity.agent.identities import (
     AgentIdentity,
@@ -103,8 +103,6 @@ from idm.identity.tokens.session import (
     reinitialize_loaded,
 )
 from idm.identity.tokens.uri import TokenIdentity
-
-log = logging.getLogger("idm.agent")
 
 POLL_INTERVAL = 2.0
 INVENTORY_INTERVAL = 30.0

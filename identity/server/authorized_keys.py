@@ -31,6 +31,8 @@ import os
 import sys
 import time
 
+from idm.identity.display import printable
+
 # Not `typing.TYPE_CHECKING`: importing typing would cost every login ~4 ms (mypy honours
 # any name TYPE_CHECKING).
 TYPE_CHECKING = False
@@ -131,8 +133,7 @@ def _parse(argv: list[str]) -> _Args:
 
 
 def _clean(text: str) -> str:
-    text = " ".join(str(text).split())
-    return "".join(c if c.isprintable() else "?" for c in text)[:900]
+    return printable(" ".join(str(text).split()))[:900]
 
 
 def _log(message: str, log_file: str | None, *, denied: bool) -> None:

@@ -39,6 +39,8 @@ from collections import namedtuple
 from collections.abc import Iterable, Iterator
 from pathlib import Path  # already imported by the interpreter's site; costs nothing here
 
+from idm.identity.display import printable
+
 try:  # the builtin SHA-256: importing hashlib loads OpenSSL, ~3 ms at every login attempt
     from _sha2 import sha256 as _sha256  # type: ignore[import-not-found]  # Python >= 3.12
 except ImportError:
@@ -82,8 +84,7 @@ class SnapshotError(Exception):
 
 def comment_for(sha256: str, subject: str) -> str:
     """The authorized_keys comment naming a certificate (printable characters only)."""
-    text = f"idm:{sha256[:16]} {subject}"
-    return "".join(c if c.isprintable() else "?" for c in text)
+    return printable(f"idm:{sha256[:16]} {subject}")
 
 
 def expiry_epoch(*times: object) -> int:

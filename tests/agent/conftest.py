@@ -176,3 +176,8 @@ def make_key(directory: Path, kind: str, name: str | None = None) -> Path:
     subprocess.run([SSH_KEYGEN, "-q", *args, "-N", "", "-C", f"{kind}-test", "-f", str(path)],
                    check=True)
     return path
+
+
+# The SoftHSM card world (imported last: tokenworld uses this module's types).
+from tests.agent.tokenworld import agents, ca, world  # noqa: E402, F401  (fixture re-export)
+from tests.softhsm import softhsm  # noqa: E402, F401  (fixture re-export)
