@@ -43,6 +43,11 @@ class DemoError(Exception):
     pass
 
 
+def bold(text: str) -> str:
+    """Bold on a terminal; plain text into a pipe or a log (no escape codes there)."""
+    return f"\033[1m{text}\033[0m" if sys.stdout.isatty() else text
+
+
 class Demo:
     def __init__(self, workdir: Path) -> None:
         self.work = workdir
@@ -57,7 +62,7 @@ class Demo:
 
     def heading(self, title: str) -> None:
         self.step_no += 1
-        print(f"\n\033[1m== {self.step_no}. {title}\033[0m", flush=True)
+        print(f"\n{bold(f'== {self.step_no}. {title}')}", flush=True)
 
     def say(self, text: str) -> None:
         print(textwrap.fill(text, 90, initial_indent="   ", subsequent_indent="   "), flush=True)
@@ -311,7 +316,7 @@ class Demo:
         self.run(["tail", "-n", "1", self.helper_log])
         self.run([IDM, "events"])
 
-        print(f"\n\033[1mThe story ran to the end in {time.monotonic() - started:.0f} s.\033[0m")
+        print(f"\n{bold(f'The story ran to the end in {time.monotonic() - started:.0f} s.')}")
 
     def wait_for_agent(self, condition: Callable[[str], bool], timeout: float = 30) -> None:
         """Wait until the agent's identity list (ssh-add -l) satisfies `condition`: it

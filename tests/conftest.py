@@ -14,6 +14,10 @@ from tests.postgres import PostgresServer, PostgresUnavailable
 
 REQUIRE_POSTGRES = os.environ.get("IDM_REQUIRE_POSTGRES") == "1"
 
+# Registered here, before any test module imports it by name: pytest rewrites a plugin's
+# asserts only when it loads the module first (else PytestAssertRewriteWarning).
+pytest_plugins = ["sample_ca_fixture"]
+
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

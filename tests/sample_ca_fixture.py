@@ -35,8 +35,8 @@ API (keep it stable):
   terminates it on exit.  The server re-reads state.json per OCSP request, so
   ``ca.revoke(...)`` takes effect while it runs.
 - pytest fixtures ``sample_ca`` (a fresh SampleCA) and ``served_sample_ca`` (a SampleCA
-  whose server is running).  To use them, put ``pytest_plugins = ["sample_ca_fixture"]``
-  at the top of a test module (importing the names would trip ruff's F811).
+  whose server is running).  tests/conftest.py registers this module as a plugin, so
+  every test can ask for them (importing the names would trip ruff's F811).
 - ``run_tool(*args, check=True)``, ``free_port()``, ``SampleCAToolError``, ``TOOL``.
 
 Users made by init: alice (RSA-2048) and bob (EC P-256), subject ``CN=<name>,O=idm

@@ -12,8 +12,6 @@ from idm.identity.checker import CertificateChecker, CheckerError, certificate_r
 from idm.identity.config import Config
 from idm.identity.inventory.store import Inventory
 
-pytest_plugins = ["sample_ca_fixture"]
-
 
 def test_record_matches_openssh_fingerprint(sample_ca, tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate(sample_ca.user_cert("alice").read_bytes())

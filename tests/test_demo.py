@@ -54,3 +54,4 @@ def test_demo_story_runs_to_the_end_without_run_sshd(tmp_path: Path) -> None:
     leftover = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True)
     assert leftover.stdout == b""
     assert "123456" not in out and "246810" not in out  # PINs are never printed
+    assert "\x1b" not in out  # into a pipe: no terminal escape codes

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from idm.cli import main
 from tests.softhsm import SoftHSM, softhsm  # noqa: F401 - fixture
 
-pytest_plugins = ["sample_ca_fixture"]
 pytestmark = pytest.mark.softhsm
 
 
