@@ -184,7 +184,7 @@ def _detach() -> None:
 @click.option("--pin-cache", type=click.IntRange(min=0), metavar="SECONDS",
               help="Keep token logins this long (0: ask the PIN for every signature).")
 @click.option("--pkix-socket", metavar="PATH", type=click.Path(dir_okay=False),
-              help="Also serve PKIX-SSH clients (raw-DER x509v3-sign-rsa) on this socket.")
+              help="Also serve PKIX-SSH clients (raw-DER X.509 identities) on this socket.")
 @click.option("--only", "only", multiple=True, metavar="SELECTOR",
               help="Offer only identities matching this pkcs11: URI, label or subject.")
 @click.option("--poll-interval", type=click.FloatRange(min=0.1), default=2.0,

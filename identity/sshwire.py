@@ -15,11 +15,12 @@ Public keys
     ``public_key_blob(public_key)`` -> plain blob; ``public_key_from_blob(blob)`` -> key.
     ``x509_algorithm(public_key)`` -> the RFC 6187 name idm serves for that key;
     ``x509_rfc6187_blob(chain, name=None, ocsp_responses=())`` and
-    ``x509_legacy_blob(certificate)`` (``x509v3-sign-rsa``, the raw DER).
+    ``x509_raw_der_blob(certificate)`` (PKIX-SSH's agent form: the raw DER, named
+    ``x509v3-sign-rsa`` for RSA and ``x509v3-ecdsa-sha2-<curve>`` for EC keys).
     ``parse_key_blob(blob)`` -> :class:`KeyBlob` (``form`` a :class:`BlobForm`,
     ``algorithm``, ``public_key``, ``chain`` DERs, ``ocsp_responses``, ``plain_blob``,
     ``certificate``). ``KeyBlob.plain(key)``, ``KeyBlob.rfc6187(chain)``,
-    ``KeyBlob.legacy(cert)`` build the three forms from ``cryptography`` objects.
+    ``KeyBlob.raw_der(cert)`` build the three forms from ``cryptography`` objects.
     ``fingerprint_sha256(blob)`` -> ``"SHA256:<base64, no padding>"`` like ``ssh-keygen -l``.
 
 Signatures
@@ -100,6 +101,7 @@ __all__ = [
     "public_key_blob",
     "public_key_from_blob",
     "public_key_line",
+    "raw_der_algorithm",
     "read_private_key",
     "rsa_signature_blob",
     "sign_with_private_key",
@@ -107,7 +109,7 @@ __all__ = [
     "signature_scheme",
     "verify_signature",
     "x509_algorithm",
-    "x509_legacy_blob",
+    "x509_raw_der_blob",
     "x509_rfc6187_blob",
 ]
 
@@ -510,13 +512,27 @@ def x509_rfc6187_blob(
     return b"".join(parts)
 
 
-def x509_legacy_blob(certificate: x509.Certificate | bytes) -> bytes:
-    """The PKIX-SSH ``x509v3-sign-rsa`` blob: the raw DER certificate, nothing else."""
+def raw_der_algorithm(public_key: PublicKeyTypes) -> str:
+    """The name of a raw-DER X.509 blob holding ``public_key``, as PKIX-SSH reads it.
+
+    PKIX-SSH's agent lists every certificate as its raw DER (its X509key_to_buf); the
+    client names it by key type: ``x509v3-sign-rsa`` for RSA, ``x509v3-ecdsa-sha2-<curve>``
+    for EC keys.
+    """
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return X509_SIGN_RSA
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        return f"x509v3-ecdsa-sha2-{_curve_id(public_key.curve)}"
+    raise WireFormatError(f"no raw-DER X.509 form for {type(public_key).__name__} keys")
+
+
+def x509_raw_der_blob(certificate: x509.Certificate | bytes) -> bytes:
+    """PKIX-SSH's agent form of an RSA or EC certificate: the raw DER, nothing else."""
     der = _der_of(certificate)
     cert = certificate if isinstance(certificate, x509.Certificate) else _load_certificate(
         der, "certificate"
     )
-    _check_x509_algorithm(X509_SIGN_RSA, _certificate_key(cert, "certificate"))
+    raw_der_algorithm(_certificate_key(cert, "certificate"))
     return der
 
 
@@ -525,7 +541,7 @@ class BlobForm(enum.Enum):
 
     PLAIN = "plain"
     RFC6187 = "rfc6187"
-    LEGACY_X509 = "legacy-x509"
+    RAW_DER = "raw-der"  # PKIX-SSH's agent form (x509v3-sign-rsa, x509v3-ecdsa-sha2-*)
 
 
 @dataclass(frozen=True)
@@ -533,7 +549,7 @@ class KeyBlob:
     """A parsed SSH public key blob in one of the three forms idm speaks.
 
     ``blob`` is the exact wire encoding; ``algorithm`` its key type name
-    (``x509v3-sign-rsa`` for the legacy form); ``chain`` the certificate DERs, leaf first
+    (:func:`raw_der_algorithm` for the raw-DER form); ``chain`` the certificate DERs, leaf first
     (empty for plain keys); ``plain_blob`` the plain key blob of the same public key, the
     key to match a sign request in any form against an identity.
     """
@@ -559,7 +575,7 @@ class KeyBlob:
 
     @property
     def is_x509(self) -> bool:
-        """True for the RFC 6187 and legacy raw-DER forms."""
+        """True for the RFC 6187 and raw-DER forms."""
         return self.form is not BlobForm.PLAIN
 
     @property
@@ -591,13 +607,13 @@ class KeyBlob:
         return parse_key_blob(x509_rfc6187_blob(chain, name, ocsp_responses))
 
     @classmethod
-    def legacy(cls, certificate: x509.Certificate | bytes) -> KeyBlob:
-        """The legacy ``x509v3-sign-rsa`` raw-DER form of an RSA certificate."""
-        return parse_key_blob(x509_legacy_blob(certificate))
+    def raw_der(cls, certificate: x509.Certificate | bytes) -> KeyBlob:
+        """PKIX-SSH's raw-DER form of an RSA or EC certificate."""
+        return parse_key_blob(x509_raw_der_blob(certificate))
 
 
 def parse_key_blob(blob: bytes) -> KeyBlob:
-    """Recognise a plain, RFC 6187 or legacy raw-DER blob and parse it.
+    """Recognise a plain, RFC 6187 or raw-DER blob and parse it.
 
     A blob starting with byte 0x30 is the raw DER of a certificate (a plain or RFC 6187
     blob starts with a uint32 name length, whose first byte is 0 for any sane name).
@@ -608,8 +624,7 @@ def parse_key_blob(blob: bytes) -> KeyBlob:
     if blob[0] == 0x30:
         cert = _load_certificate(blob, "raw DER certificate blob")
         key = _certificate_key(cert, "raw DER certificate blob")
-        _check_x509_algorithm(X509_SIGN_RSA, key)
-        return KeyBlob(BlobForm.LEGACY_X509, X509_SIGN_RSA, key, blob, (blob,))
+        return KeyBlob(BlobForm.RAW_DER, raw_der_algorithm(key), key, blob, (blob,))
     reader = WireReader(blob)
     name = reader.read_name("key type")
     if name in PLAIN_ALGORITHMS:
@@ -774,11 +789,14 @@ _VERIFY_SCHEMES: dict[str, tuple[str, str | None]] = {
 }
 
 
-def verify_signature(key_blob: KeyBlob | bytes, data: bytes, signature: bytes) -> None:
+def verify_signature(
+    key_blob: KeyBlob | bytes, data: bytes, signature: bytes, flags: int = 0
+) -> None:
     """Check an SSH signature blob over ``data``; raises ``InvalidSignature`` if wrong.
 
     Raises :class:`WireFormatError` for a malformed blob or a sig-name that does not fit
-    the key (by name, not by the reference table: any RSA name for an RSA key).
+    the key (by name, not by the reference table: any RSA name for an RSA key). ``flags``
+    are those of the sign request: with ``SIGN_ECDSA_DER`` an ECDSA signature is DER.
     """
     if not isinstance(key_blob, KeyBlob):
         key_blob = parse_key_blob(key_blob)
@@ -796,11 +814,13 @@ def verify_signature(key_blob: KeyBlob | bytes, data: bytes, signature: bytes) -
         if f"ecdsa-sha2-{_curve_id(key.curve)}" != name:
             raise WireFormatError(f"{name} signature does not match the key's curve")
         assert hash_name is not None
-        reader = WireReader(sig)
-        r = reader.read_mpint("ECDSA r")
-        s = reader.read_mpint("ECDSA s")
-        reader.expect_end("ECDSA signature")
-        key.verify(encode_dss_signature(r, s), data, ec.ECDSA(_HASHES[hash_name]()))
+        if not flags & SIGN_ECDSA_DER:
+            reader = WireReader(sig)
+            r = reader.read_mpint("ECDSA r")
+            s = reader.read_mpint("ECDSA s")
+            reader.expect_end("ECDSA signature")
+            sig = encode_dss_signature(r, s)
+        key.verify(sig, data, ec.ECDSA(_HASHES[hash_name]()))
         return
     if key_type == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey):
         key.verify(sig, data)
@@ -1005,8 +1025,8 @@ def parse_public_key_line(line: str) -> PublicKeyLine:
             raise WireFormatError(f"key data is not a {name} key")
     elif name == X509_SIGN_RSA:
         key = parse_key_blob(raw)
-        if key.form is not BlobForm.LEGACY_X509:
-            raise WireFormatError("x509v3-sign-rsa data must be a DER certificate")
+        if key.form is not BlobForm.RAW_DER or key.algorithm != X509_SIGN_RSA:
+            raise WireFormatError("x509v3-sign-rsa data must be an RSA DER certificate")
     elif name in RFC6187_ALGORITHMS:
         if not raw or raw[0] != 0x30:
             raise WireFormatError(f"{name} data must be a DER certificate")

@@ -221,17 +221,24 @@ def test_rsa_x509_algorithm_depends_on_size() -> None:
         w.x509_rfc6187_blob([make_cert(make_key("p256"))], "x509v3-ecdsa-sha2-nistp384")
 
 
-def test_legacy_blob_is_raw_der_and_text_line_matches_asyncssh() -> None:
+def test_raw_der_blob_and_text_line_matches_asyncssh() -> None:
     key = make_key("rsa2048")
     cert = make_cert(key)
     der = cert.public_bytes(serialization.Encoding.DER)
-    assert w.x509_legacy_blob(cert) == der
+    assert w.x509_raw_der_blob(cert) == der
     parsed = w.parse_key_blob(der)
-    assert parsed.form is w.BlobForm.LEGACY_X509
+    assert parsed.form is w.BlobForm.RAW_DER
     assert parsed.algorithm == "x509v3-sign-rsa"
     assert parsed.plain_blob == w.public_key_blob(key.public_key())
-    with pytest.raises(w.WireFormatError, match="RSA"):
-        w.x509_legacy_blob(make_cert(make_key("p256")))
+    # PKIX-SSH's agent lists EC certificates as raw DER too, named by their curve
+    for kind, curve in (("p256", "nistp256"), ("p384", "nistp384"), ("p521", "nistp521")):
+        ec_key = make_key(kind)
+        ec_der = w.x509_raw_der_blob(make_cert(ec_key))
+        ec_blob = w.parse_key_blob(ec_der)
+        assert (ec_blob.form, ec_blob.algorithm) == (w.BlobForm.RAW_DER, f"x509v3-ecdsa-sha2-{curve}")
+        assert ec_blob.plain_blob == w.public_key_blob(ec_key.public_key())
+    with pytest.raises(w.WireFormatError, match="Ed25519"):
+        w.x509_raw_der_blob(make_cert(make_key("ed25519")))
     # text form of an X.509 key is the raw DER under its name (asyncssh and PKIX-SSH)
     theirs = asyncssh.import_certificate(der).export_certificate("openssh").decode().split()
     rfc = w.KeyBlob.rfc6187([cert], "x509v3-ssh-rsa")
@@ -319,11 +326,13 @@ SCHEME_TABLE = [
     ("rsa2048", "plain", 0, "ssh-rsa", "sha1"),
     ("rsa2048", "plain", w.SIGN_RSA_SHA2_256, "rsa-sha2-256", "sha256"),
     ("rsa2048", "plain", w.SIGN_RSA_SHA2_512, "rsa-sha2-512", "sha512"),
-    ("rsa2048", "legacy", w.SIGN_RSA_SHA2_256, "x509v3-sign-rsa", "sha1"),
+    ("rsa2048", "raw-der", w.SIGN_RSA_SHA2_256, "x509v3-sign-rsa", "sha1"),
     ("rsa1024", "rfc6187", w.SIGN_RSA_SHA2_256, "ssh-rsa", "sha1"),
     ("rsa2048", "rfc6187", w.SIGN_RSA_SHA2_256, "rsa2048-sha256", "sha256"),
     ("p256", "plain", 0, "ecdsa-sha2-nistp256", "sha256"),
     ("p256", "rfc6187", 0, "ecdsa-sha2-nistp256", "sha256"),
+    ("p256", "raw-der", 0, "ecdsa-sha2-nistp256", "sha256"),
+    ("p384", "raw-der", w.SIGN_ECDSA_DER, "ecdsa-sha2-nistp384", "sha384"),
     ("p384", "rfc6187", 0, "ecdsa-sha2-nistp384", "sha384"),
     ("p521", "plain", 0, "ecdsa-sha2-nistp521", "sha512"),
     ("ed25519", "plain", w.SIGN_RSA_SHA2_256, "ssh-ed25519", None),
@@ -333,8 +342,8 @@ SCHEME_TABLE = [
 def blob_in_form(key: w.PrivateKey, form: str) -> w.KeyBlob:
     if form == "plain":
         return w.KeyBlob.plain(key.public_key())
-    if form == "legacy":
-        return w.KeyBlob.legacy(make_cert(key))
+    if form == "raw-der":
+        return w.KeyBlob.raw_der(make_cert(key))
     return w.KeyBlob.rfc6187([make_cert(key)])
 
 
@@ -347,7 +356,7 @@ def test_signature_table(kind: str, form: str, flags: int, name: str,
     assert (scheme.name, scheme.hash) == (name, hash_name)
     sig = w.sign_with_private_key(key, scheme, b"data")
     assert w.parse_signature_blob(sig)[0] == name
-    w.verify_signature(blob, b"data", sig)
+    w.verify_signature(blob, b"data", sig, flags)
 
 
 @pytest.mark.parametrize("kind", ["p256", "p384", "p521"])

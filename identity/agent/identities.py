@@ -16,7 +16,7 @@ Plugging in a source::
 
 A source decides the list per socket kind (reference/ssh-x509-wire.md): on
 ``SocketKind.STANDARD`` the plain key and the RFC 6187 blob, on ``SocketKind.PKIX`` the
-raw-DER ``x509v3-sign-rsa`` blob and the plain key, a self-signed certificate as the plain
+raw-DER blob (``x509v3-sign-rsa``, ``x509v3-ecdsa-sha2-*``) and the plain key, a self-signed certificate as the plain
 key only. Sign requests arrive in whichever of the three blob forms the client picked; the
 server finds the identity by public key (:attr:`sshwire.KeyBlob.plain_blob`), and
 ``sign`` must answer with :func:`sshwire.signature_scheme` of the *request* blob.
@@ -45,7 +45,7 @@ class SocketKind(enum.Enum):
     """Which client family a listening socket serves (decides the identity list)."""
 
     STANDARD = "standard"  # OpenSSH, asyncssh: plain + RFC 6187 blobs
-    PKIX = "pkix"  # PKIX-SSH: raw-DER x509v3-sign-rsa + plain blobs
+    PKIX = "pkix"  # PKIX-SSH: raw-DER certificate + plain blobs
 
 
 class IdentityError(Exception):

@@ -19,8 +19,8 @@ What is offered
 
 Formats, per socket kind (reference/ssh-x509-wire.md)
     STANDARD: the plain key, then the RFC 6187 blob (leaf + intermediates of the
-    verdict's chain, not the anchor); PKIX: the raw-DER ``x509v3-sign-rsa`` blob (RSA
-    only), then the plain key; a self-signed certificate (``ssh_identity == "plain"``):
+    verdict's chain, not the anchor); PKIX: the raw-DER blob (``x509v3-sign-rsa``,
+    ``x509v3-ecdsa-sha2-*``), then the plain key; a self-signed certificate (``ssh_identity == "plain"``):
     the plain key only. Sign requests are answered for any of the three forms.
 
 Tokens while running
@@ -184,11 +184,10 @@ class _Entry:
                 chain = [self.certificate]
             out = (plain, AgentIdentity(w.x509_rfc6187_blob(chain), comment, confirm,
                                         handle=self))
-        elif self.key_type == "rsa":
-            out = (AgentIdentity(w.x509_legacy_blob(self.certificate), comment, confirm,
-                                 handle=self), plain)
         else:
-            out = (plain,)
+            # PKIX-SSH's own agent lists RSA and EC certificates alike as raw DER.
+            out = (AgentIdentity(w.x509_raw_der_blob(self.certificate), comment, confirm,
+                                 handle=self), plain)
         if len(self._forms) > 16:
             self._forms.clear()
         self._forms[cache_key] = out

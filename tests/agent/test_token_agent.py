@@ -153,8 +153,8 @@ def test_pkix_socket_lists_raw_der_and_plain(world: World, agents: Callable[...,
     assert agent.pkix is not None
     agent.wait_for(lambda: len(agent.blobs()) == 4, "both identities")
     assert algorithms(agent.listing(agent.pkix)) == [
-        "x509v3-sign-rsa", "ssh-rsa", "ecdsa-sha2-nistp256"]
-    legacy = w.KeyBlob.legacy(load_cert(world.ca.user_cert("alice")))
+        "x509v3-sign-rsa", "ssh-rsa", "x509v3-ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"]
+    legacy = w.KeyBlob.raw_der(load_cert(world.ca.user_cert("alice")))
     for sock in (agent.sock, agent.pkix):
         with AgentClient(sock) as c:
             resp = c.request(p.SignRequest(legacy.blob, b"pkix data", 0))
