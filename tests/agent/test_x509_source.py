@@ -90,10 +90,8 @@ class CertSource(BaseIdentitySource):
                 out.append(plain)  # the downgrade: plain key only
             elif kind is SocketKind.STANDARD:
                 out += [plain, AgentIdentity(w.x509_rfc6187_blob(e.chain), e.comment, handle=e)]
-            elif isinstance(e.key, rsa.RSAPrivateKey):
-                out += [AgentIdentity(w.x509_legacy_blob(e.chain[0]), e.comment, handle=e), plain]
             else:
-                out.append(plain)
+                out += [AgentIdentity(w.x509_raw_der_blob(e.chain[0]), e.comment, handle=e), plain]
         return out
 
     def sign(self, identity: AgentIdentity, request: w.KeyBlob, data: bytes,
@@ -164,7 +162,8 @@ def test_identity_lists_per_socket(x509_agent: RunningServer) -> None:
     ]
     assert _forms(x509_agent.pkix) == [
         ("x509v3-sign-rsa", "alice-rsa"), ("ssh-rsa", "alice-rsa"),
-        ("ecdsa-sha2-nistp256", "alice-ec"), ("ecdsa-sha2-nistp256", "bob-self-signed"),
+        ("x509v3-ecdsa-sha2-nistp256", "alice-ec"), ("ecdsa-sha2-nistp256", "alice-ec"),
+        ("ecdsa-sha2-nistp256", "bob-self-signed"),
     ]
 
 
@@ -175,9 +174,11 @@ def test_identity_lists_per_socket(x509_agent: RunningServer) -> None:
     ("rsa", "plain", w.SIGN_RSA_SHA2_512, "rsa-sha2-512"),
     ("rsa", "rfc6187", w.SIGN_RSA_SHA2_256, "rsa2048-sha256"),
     ("rsa", "x509v3-ssh-rsa", 0, "ssh-rsa"),
-    ("rsa", "legacy", w.SIGN_RSA_SHA2_256, "x509v3-sign-rsa"),
+    ("rsa", "raw-der", w.SIGN_RSA_SHA2_256, "x509v3-sign-rsa"),
     ("ec", "plain", 0, "ecdsa-sha2-nistp256"),
     ("ec", "rfc6187", 0, "ecdsa-sha2-nistp256"),
+    ("ec", "raw-der", 0, "ecdsa-sha2-nistp256"),
+    ("ec", "rfc6187", w.SIGN_ECDSA_DER, "ecdsa-sha2-nistp256"),
 ])
 def test_sign_requests_in_every_form_on_every_socket(
     x509_agent: RunningServer, pki: dict[str, object], sock_name: str, who: str, form: str,
@@ -189,14 +190,14 @@ def test_sign_requests_in_every_form_on_every_socket(
         "plain": lambda: w.KeyBlob.plain(entry.key.public_key()),
         "rfc6187": lambda: w.KeyBlob.rfc6187(entry.chain),
         "x509v3-ssh-rsa": lambda: w.KeyBlob.rfc6187(entry.chain, "x509v3-ssh-rsa"),
-        "legacy": lambda: w.KeyBlob.legacy(entry.chain[0]),
+        "raw-der": lambda: w.KeyBlob.raw_der(entry.chain[0]),
     }[form]()
     sock = x509_agent.std if sock_name == "std" else x509_agent.pkix
     with AgentClient(sock) as c:
         resp = c.request(p.SignRequest(blob.blob, b"session data", flags))
     assert isinstance(resp, p.SignResponse)
     assert w.parse_signature_blob(resp.signature)[0] == sig_name
-    w.verify_signature(blob, b"session data", resp.signature)
+    w.verify_signature(blob, b"session data", resp.signature, flags)
 
 
 @needs_openssh
@@ -266,3 +267,73 @@ def test_asyncssh_login_refused_for_untrusted_ca(x509_agent: RunningServer,
     with pytest.raises(asyncssh.PermissionDenied):
         asyncio.run(_asyncssh_login(x509_agent.std, other_ca, "x509v3-ecdsa-sha2-nistp256",
                                     tmp_path))
+
+
+REJECTED = "rejects the whole list"
+
+
+def _list_with(client: str, sock: Path, pkixssh: object) -> tuple[list[str] | str, str]:
+    """The key types ``client`` reads from the agent at ``sock`` (or REJECTED), and why."""
+    if client == "asyncssh":
+        async def keys() -> list[str]:
+            async with asyncssh.connect_agent(str(sock)) as agent:
+                return [k.algorithm.decode() for k in await agent.get_keys()]
+        try:
+            return asyncio.run(keys()), ""
+        except Exception as exc:  # noqa: BLE001 - the failure is the measurement
+            return REJECTED, f"{type(exc).__name__}: {exc}"
+    program = SSH_ADD if client == "openssh" else str(pkixssh.ssh_add)  # type: ignore[attr-defined]
+    assert program is not None
+    r = subprocess.run([program, "-L"], env={"SSH_AUTH_SOCK": str(sock)},
+                       capture_output=True, text=True, timeout=GUARD_SECONDS)
+    if r.returncode != 0:
+        return REJECTED, r.stderr.strip()
+    return [line.split()[0] for line in r.stdout.splitlines()], ""
+
+
+# What each client makes of each list: measured, and the reason the agent has two sockets
+# (docs/agent.md). No list carries X.509 identities to both PKIX-SSH and asyncssh.
+CLIENT_LISTS = {
+    "openssh": {  # OpenSSH 9.2: "error fetching identities: invalid format" on raw DER
+        "standard": ["ssh-rsa", "ecdsa-sha2-nistp256"],  # skips the RFC 6187 entries
+        "pkix": REJECTED,
+        "plain": ["ssh-rsa", "ecdsa-sha2-nistp256"],
+    },
+    "pkixssh": {  # "invalid format" or "incomplete message" on an RFC 6187 blob
+        "standard": REJECTED,
+        "pkix": ["x509v3-rsa2048-sha256", "ssh-rsa", "x509v3-ecdsa-sha2-nistp256",
+                 "ecdsa-sha2-nistp256"],  # ssh-add -L names X.509 keys by its first algorithm
+        "plain": ["ssh-rsa", "ecdsa-sha2-nistp256"],
+    },
+    "asyncssh": {  # PacketDecodeError on raw DER
+        "standard": ["ssh-rsa", "x509v3-rsa2048-sha256", "ecdsa-sha2-nistp256",
+                     "x509v3-ecdsa-sha2-nistp256"],
+        "pkix": REJECTED,
+        "plain": ["ssh-rsa", "ecdsa-sha2-nistp256"],
+    },
+}
+
+
+@pytest.mark.pkixssh
+@needs_openssh
+@pytest.mark.parametrize("client", sorted(CLIENT_LISTS))
+def test_which_list_each_client_accepts(x509_agent: RunningServer, pki: dict[str, object],
+                                        pkixssh: object, client: str) -> None:
+    x509_agent.source.entries = [pki["rsa"], pki["ec"]]  # type: ignore[list-item]
+    measured = {
+        "standard": _list_with(client, x509_agent.std, pkixssh),
+        "pkix": _list_with(client, x509_agent.pkix, pkixssh),
+    }
+    x509_agent.server.sources = [PlainSource(x509_agent.source)]
+    measured["plain"] = _list_with(client, x509_agent.std, pkixssh)
+    assert {k: v[0] for k, v in measured.items()} == CLIENT_LISTS[client], measured
+
+
+class PlainSource(BaseIdentitySource):
+    """Another source's identities, plain keys only (a list every client reads)."""
+
+    def __init__(self, inner: CertSource) -> None:
+        self.inner = inner
+
+    def identities(self, kind: SocketKind) -> list[AgentIdentity]:
+        return [i for i in self.inner.identities(kind) if not i.key.is_x509]
