@@ -7,7 +7,7 @@
 
 PYTHON ?= python3
 VENV := .venv
-DEBIAN_PACKAGES := softhsm2 opensc openssh-client openssh-server openssl postgresql iproute2 util-linux procps python3 python3-venv systemd groff-base
+DEBIAN_PACKAGES := softhsm2 opensc openssh-client openssh-server openssl postgresql iproute2 util-linux procps python3 python3-venv systemd groff-base build-essential autoconf automake libssl-dev zlib1g-dev
 PYTEST_ARGS ?=
 
 # Where `make install` puts things. PREFIX holds a virtual environment of the system's

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated environment per test, and the inventory on both backends."""
+"""Shared fixtures: an isolated environment per test, the inventory on both backends, and
+PKIX-SSH built from source."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.pkixssh import PkixsshBuild, PkixsshUnavailable, pkixssh_build
 from tests.postgres import PostgresServer, PostgresUnavailable
 
 REQUIRE_POSTGRES = os.environ.get("IDM_REQUIRE_POSTGRES") == "1"
+REQUIRE_PKIXSSH = os.environ.get("IDM_REQUIRE_PKIXSSH") == "1"
 
 # Registered here, before any test module imports it by name: pytest rewrites a plugin's
 # asserts only when it loads the module first (else PytestAssertRewriteWarning).
@@ -65,3 +68,14 @@ def inventory_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'inventory.sqlite'}"
     return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture(scope="session")
+def pkixssh() -> PkixsshBuild:
+    """PKIX-SSH built from shared/vendor into the test cache (tests/pkixssh.py)."""
+    try:
+        return pkixssh_build()
+    except PkixsshUnavailable as exc:
+        if REQUIRE_PKIXSSH:
+            pytest.fail(f"PKIX-SSH is required (IDM_REQUIRE_PKIXSSH=1) but: {exc}")
+        pytest.skip(f"PKIX-SSH unavailable: {exc}")

@@ -65,16 +65,17 @@ class SshdServer:
     log: Path
     proc: subprocess.Popen[bytes] = field(repr=False)
     user: str = field(default_factory=lambda: os.environ.get("USER") or "root")
+    ssh: str | None = SSH  # the client that ssh_command runs (PKIX-SSH's for its sshd)
 
     def ssh_command(
         self, *remote: str, agent: str | os.PathLike[str] | None = None,
         options: Sequence[str] = (),
     ) -> list[str]:
-        """An OpenSSH client command line for this server (no user config, batch mode)."""
-        if SSH is None:
+        """A client command line for this server (no user config, batch mode)."""
+        if self.ssh is None:
             raise SshdUnavailable("ssh client not installed")
         cmd = [
-            SSH, "-F", "/dev/null", "-p", str(self.port),
+            self.ssh, "-F", "/dev/null", "-p", str(self.port),
             "-o", f"UserKnownHostsFile={self.known_hosts}",
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
             "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
@@ -121,10 +122,16 @@ def start_sshd(
     authorized_keys: str = "",
     extra_config: Sequence[str] = (),
     log_level: str = "DEBUG1",
+    sshd: str | os.PathLike[str] | None = SSHD,
+    ssh: str | os.PathLike[str] | None = SSH,
 ) -> SshdServer:
-    """Start sshd in ``workdir`` (absolute paths everywhere) and wait until it answers."""
-    if SSHD is None or SSH_KEYGEN is None:
+    """Start sshd in ``workdir`` (absolute paths everywhere) and wait until it answers.
+
+    ``sshd``/``ssh``: another build's server and client (PKIX-SSH: tests/pkixssh.py).
+    """
+    if sshd is None or SSH_KEYGEN is None:
         raise SshdUnavailable("OpenSSH sshd/ssh-keygen not installed")
+    sshd = str(sshd)
     if os.geteuid() != 0:
         raise SshdUnavailable("sshd with privilege separation needs root")
     workdir = Path(workdir).absolute()
@@ -154,7 +161,7 @@ def start_sshd(
         *extra_config,
     ]
     config.write_text("\n".join(lines) + "\n")
-    check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True)
+    check = subprocess.run([sshd, "-t", "-f", str(config)], capture_output=True, text=True)
     if check.returncode != 0:
         raise SshdUnavailable(f"sshd rejected the test config: {check.stderr.strip()}")
     known = workdir / "known_hosts"
@@ -162,9 +169,10 @@ def start_sshd(
     known.write_text(f"[127.0.0.1]:{port} {pub[0]} {pub[1]}\n")
     log = workdir / "sshd.log"
     with open(log, "wb") as log_fh:
-        proc = subprocess.Popen([SSHD, "-f", str(config), "-D", "-e"],
+        proc = subprocess.Popen([sshd, "-f", str(config), "-D", "-e"],
                                 stdout=log_fh, stderr=subprocess.STDOUT)
-    server = SshdServer(workdir, port, config, host_key, known, ak, log, proc)
+    server = SshdServer(workdir, port, config, host_key, known, ak, log, proc,
+                        ssh=None if ssh is None else str(ssh))
     try:
         _wait_for_banner(port, proc, log)
     except BaseException:
