@@ -113,9 +113,8 @@ def pkixssh_build(tarball: Path | None = None) -> PkixsshBuild:
         return PkixsshBuild(prefix)
     missing = [tool for tool in BUILD_TOOLS if shutil.which(tool) is None]
     if missing:
-        raise PkixsshUnavailable(
-            f"cannot build PKIX-SSH: {', '.join(missing)} missing (apt-get install {BUILD_PACKAGES})"
-        )
+        raise PkixsshUnavailable(f"cannot build PKIX-SSH: {', '.join(missing)} missing "
+                                 f"(apt-get install {BUILD_PACKAGES})")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     with open(prefix.parent / f"{prefix.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same tree

@@ -16,10 +16,11 @@ Plugging in a source::
 
 A source decides the list per socket kind (reference/ssh-x509-wire.md): on
 ``SocketKind.STANDARD`` the plain key and the RFC 6187 blob, on ``SocketKind.PKIX`` the
-raw-DER blob (``x509v3-sign-rsa``, ``x509v3-ecdsa-sha2-*``) and the plain key, a self-signed certificate as the plain
-key only. Sign requests arrive in whichever of the three blob forms the client picked; the
-server finds the identity by public key (:attr:`sshwire.KeyBlob.plain_blob`), and
-``sign`` must answer with :func:`sshwire.signature_scheme` of the *request* blob.
+raw-DER blob (``x509v3-sign-rsa``, ``x509v3-ecdsa-sha2-*``) and the plain key, a
+self-signed certificate as the plain key only. Sign requests arrive in whichever of the
+three blob forms the client picked; the server finds the identity by public key
+(:attr:`sshwire.KeyBlob.plain_blob`), and ``sign`` must answer with
+:func:`sshwire.signature_scheme` of the *request* blob.
 
 Errors: raise :class:`IdentityError` with a one-line reason in words ("card not present
 in any slot", "PIN locked", "certificate revoked"); the server logs it and answers

@@ -20,8 +20,9 @@ What is offered
 Formats, per socket kind (reference/ssh-x509-wire.md)
     STANDARD: the plain key, then the RFC 6187 blob (leaf + intermediates of the
     verdict's chain, not the anchor); PKIX: the raw-DER blob (``x509v3-sign-rsa``,
-    ``x509v3-ecdsa-sha2-*``), then the plain key; a self-signed certificate (``ssh_identity == "plain"``):
-    the plain key only. Sign requests are answered for any of the three forms.
+    ``x509v3-ecdsa-sha2-*``), then the plain key; a self-signed certificate
+    (``ssh_identity == "plain"``): the plain key only. Sign requests are answered for any
+    of the three forms.
 
 Tokens while running
     Listing never touches a token: it returns lists built when something changed (a

@@ -16,7 +16,15 @@ Modes:
     certificate holding it is mapped to USER.
 ``USER``
     prints every fresh line mapped to USER.
-``USER x509v3-… KEYBLOB`` (PKIX-SSH's sshd; raw DER or an RFC 6187 blob)
+``USER x509v3-… PLAINKEYBLOB`` (PKIX-SSH's sshd)
+    PKIX-SSH passes ``%t`` = the first X.509 algorithm it knows for the key's type (e.g.
+    ``x509v3-rsa2048-sha256`` whatever the client used) and ``%k`` = the *plain* public
+    key, never the certificate (auth2-pubkey.c, user_key_command_allowed2). The key is
+    looked up in the snapshot as in the first mode, and the certificate's PKIX-SSH line
+    is printed (``x509v3-sign-rsa`` / ``x509v3-ecdsa-sha2-*`` with the base64 DER): PKIX-SSH
+    accepts it only for a certificate with that subject (and, since sshd asked for this
+    key, that public key), then checks the certificate against its own CA store.
+``USER x509v3-… CERTBLOB`` (a raw DER or RFC 6187 blob holding the certificate)
     validates the presented certificate now against the CA bundle and revocation policy
     (cheap when the revocation cache is warm), maps it with the configured rules and
     prints a line for exactly that certificate. No inventory entry is needed, but the
@@ -38,7 +46,7 @@ from idm.identity.display import printable
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from idm.identity.config import Config
-    from idm.identity.server.snapshot import Snapshot
+    from idm.identity.server.snapshot import KeyEntry, Snapshot
 
 USAGE = """\
 usage: idm authorized-keys [--config FILE] [--snapshot FILE] [--log-file FILE]
@@ -60,6 +68,17 @@ DEFAULT_SYSTEM_CONFIG = "/etc/idm/config.toml"
 MAX_KEYBLOB_CHARS = 64 * 1024
 EXIT_DENIED = 1
 EXIT_USAGE = 2
+
+# PKIX-SSH's X.509 key types (ssh-xkalg.c, add_default_xkalg) and the plain key type of
+# the same key: what its sshd passes as %t, and the type of the key it passes as %k.
+X509_PLAIN_KEY_TYPES = {
+    "x509v3-sign-rsa": "ssh-rsa",
+    "x509v3-ssh-rsa": "ssh-rsa",
+    "x509v3-rsa2048-sha256": "ssh-rsa",
+    "x509v3-ecdsa-sha2-nistp256": "ecdsa-sha2-nistp256",
+    "x509v3-ecdsa-sha2-nistp384": "ecdsa-sha2-nistp384",
+    "x509v3-ecdsa-sha2-nistp521": "ecdsa-sha2-nistp521",
+}
 
 
 class Denied(Exception):
@@ -217,13 +236,23 @@ def _decode_blob(text: str) -> bytes:
     return raw
 
 
-def _plain(args: _Args, snap: Snapshot) -> list[str]:
+def _blob_key_type(raw: bytes) -> str | None:
+    """The name a plain or RFC 6187 blob starts with (None for raw DER or garbage)."""
+    size = int.from_bytes(raw[:4], "big")
+    if len(raw) < 4 or not 0 < size <= 64 or len(raw) < 4 + size:
+        return None
+    try:
+        return raw[4 : 4 + size].decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
+def _fresh_entries(user: str, key_type: str, raw: bytes, what: str,
+                   snap: Snapshot) -> list[KeyEntry]:
+    """The fresh entries of the plain key ``raw`` mapped to ``user``, or Denied."""
     from idm.identity.server.snapshot import key_digest
 
-    assert args.key_type is not None and args.key_blob is not None
-    raw = _decode_blob(args.key_blob)
     digest = key_digest(raw)
-    what = f"user {args.user} key {args.key_type} {_ssh_fingerprint(raw)}"
     entries = snap.keys_for_digest(digest)
     if not entries:
         denials = snap.denied_for_digest(digest)
@@ -232,14 +261,14 @@ def _plain(args: _Args, snap: Snapshot) -> list[str]:
             why = f": {d.reason}" if d.reason else ""
             raise Denied(f"{what}: certificate {d.certificate[:16]} is {d.status}{why}")
         raise Denied(f"{what}: no approved, valid certificate holds this key")
-    mine = [e for e in entries if e.username == args.user]
+    mine = [e for e in entries if e.username == user]
     if not mine:
         others = ", ".join(sorted({e.username for e in entries}))
         raise Denied(
             f"{what}: certificate {entries[0].certificate[:16]} ({entries[0].subject}) is "
-            f"mapped to {others}, not to {args.user}"
+            f"mapped to {others}, not to {user}"
         )
-    if any(e.key_type != args.key_type for e in mine):
+    if any(e.key_type != key_type for e in mine):
         raise Denied(f"{what}: key type does not match the key ({mine[0].key_type})")
     fresh = [e for e in mine if e.valid_until > snap.now]
     if not fresh:
@@ -249,9 +278,35 @@ def _plain(args: _Args, snap: Snapshot) -> list[str]:
             f"(until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(e.valid_until))}); "
             "run `idm refresh`"
         )
-    _log(f"{what}: certificate {fresh[0].certificate[:16]} ({fresh[0].subject}) by rule "
-         f"{fresh[0].rule}", args.log_file, denied=False)
+    return fresh
+
+
+def _allowed(what: str, entry: KeyEntry, log_file: str | None) -> None:
+    _log(f"{what}: certificate {entry.certificate[:16]} ({entry.subject}) by rule "
+         f"{entry.rule}", log_file, denied=False)
+
+
+def _plain(args: _Args, raw: bytes, snap: Snapshot) -> list[str]:
+    assert args.key_type is not None
+    what = f"user {args.user} key {args.key_type} {_ssh_fingerprint(raw)}"
+    fresh = _fresh_entries(args.user, args.key_type, raw, what, snap)
+    _allowed(what, fresh[0], args.log_file)
     return sorted({e.line for e in fresh})
+
+
+def _pkix_plain_key(args: _Args, raw: bytes, snap: Snapshot) -> list[str]:
+    """PKIX-SSH's sshd: %t an X.509 key type, %k the plain key of the certificate."""
+    assert args.key_type is not None
+    key_type = _blob_key_type(raw) or "?"
+    what = f"user {args.user} key {key_type} {_ssh_fingerprint(raw)} (sshd asked for " \
+           f"{args.key_type})"
+    if X509_PLAIN_KEY_TYPES.get(args.key_type) != key_type:
+        raise Denied(f"{what}: {args.key_type} is not an X.509 key type of a {key_type} key")
+    fresh = [e for e in _fresh_entries(args.user, key_type, raw, what, snap) if e.x509_line]
+    if not fresh:
+        raise Denied(f"{what}: the snapshot has no X.509 line for this key; run `idm refresh`")
+    _allowed(what, fresh[0], args.log_file)
+    return sorted({e.x509_line for e in fresh})
 
 
 def _all_for_user(args: _Args, snap: Snapshot) -> list[str]:
@@ -271,23 +326,31 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(USAGE)
             return 0
         log_file = args.log_file
-        # With --snapshot, the plain-key path needs nothing from the configuration, and
+        # A certificate from sshd is validated now (x509_login, needs the configuration);
+        # PKIX-SSH's sshd sends an X.509 key type with the plain key, answered from the
+        # snapshot like a plain key.
+        raw = _decode_blob(args.key_blob) if args.key_blob is not None else b""
+        certificate = (args.key_type or "").startswith("x509v3-") and (
+            _blob_key_type(raw) or "x509v3-").startswith("x509v3-")
+        # With --snapshot, the snapshot paths need nothing from the configuration, and
         # skipping it saves reading TOML at every login.
         config = None
-        if args.snapshot is None or (args.key_type or "").startswith("x509v3-"):
+        if args.snapshot is None or certificate:
             config = _config(args)
         snap = _open_snapshot(args, config)
         try:
             if args.key_type is None:
                 lines = _all_for_user(args, snap)
-            elif args.key_type.startswith("x509v3-"):
+            elif certificate:
                 from idm.identity.server.x509_login import authorize_x509
 
-                assert config is not None  # loaded above for every x509v3- key type
-                lines = authorize_x509(args.user, args.key_type, _decode_blob(args.key_blob or ""),
-                                       config, snap, args.log_file)
+                assert config is not None  # loaded above for a certificate
+                lines = authorize_x509(args.user, args.key_type, raw, config, snap,
+                                       args.log_file)
+            elif args.key_type.startswith("x509v3-"):
+                lines = _pkix_plain_key(args, raw, snap)
             else:
-                lines = _plain(args, snap)
+                lines = _plain(args, raw, snap)
         finally:
             snap.close()
         out = "".join(line + "\n" for line in lines)

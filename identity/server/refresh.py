@@ -407,16 +407,20 @@ def _refresh(
         key = w.KeyBlob.plain(cert.public_key())  # type: ignore[arg-type]
         digest = key_digest(key.blob)
         until = expiry_epoch(cert.not_valid_after_utc, verdict.fresh_until, deadline)
-        line = w.authorized_keys_line(
-            key,
-            comment_for(rec.sha256, rec.subject),
-            [w.expiry_time_option(datetime.fromtimestamp(until, UTC))],
-        )
+        comment = comment_for(rec.sha256, rec.subject)
+        options = [w.expiry_time_option(datetime.fromtimestamp(until, UTC))]
+        line = w.authorized_keys_line(key, comment, options)
+        try:
+            # PKIX-SSH's sshd matches this line by subject and key type, then checks the
+            # certificate against its own CA store (docs/server.md, PKIX-SSH).
+            x509_line = w.authorized_keys_line(w.KeyBlob.raw_der(cert), comment, options)
+        except w.WireFormatError:  # no PKIX-SSH X.509 line for this key type (Ed25519)
+            x509_line = ""
         authorized += 1
         for user in sorted(mapped):
             users.add(user)
             entries.append(KeyEntry(digest, user, key.algorithm, until, rec.sha256,
-                                    rec.subject, rule or "", line))
+                                    rec.subject, rule or "", line, x509_line))
 
     # A key that any revoked certificate holds may be compromised: no other certificate
     # of the same key authorizes it either.

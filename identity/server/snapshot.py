@@ -8,14 +8,17 @@ snapshot, never a mix; readers open it read-only and ``immutable`` (no locks, no
 files, nothing to write in a root-owned folder). Tables:
 
 ``meta``
-    ``format`` (``idm-snapshot-1``), ``written_at`` and ``deadline`` (Unix seconds, UTC),
+    ``format`` (``idm-snapshot-2``), ``written_at`` and ``deadline`` (Unix seconds, UTC),
     ``source`` (the inventory it came from, password hidden), ``entries``.
 ``keys``
     One row per (plain SSH key, user): ``digest`` (SHA-256 of the plain key blob, the
     index), ``username``, ``key_type``, ``valid_until`` (Unix seconds: the earliest of the
     certificate's notAfter, its verdict's freshness and the snapshot deadline),
-    ``certificate`` (SHA-256 hex), ``subject``, ``rule`` (which mapping rule matched) and
-    ``line`` (the complete authorized_keys line, formatted at refresh time).
+    ``certificate`` (SHA-256 hex), ``subject``, ``rule`` (which mapping rule matched),
+    ``line`` (the complete authorized_keys line of the plain key, formatted at refresh
+    time) and ``x509_line`` (the same for PKIX-SSH's sshd: the certificate under its
+    X.509 key type, ``x509v3-sign-rsa`` / ``x509v3-ecdsa-sha2-*`` and base64 DER; empty
+    for a key type PKIX-SSH has no such line for).
 ``denied``
     Certificates that must never authorize anything (revoked, superseded, rejected,
     expired): ``certificate``, ``digest``, ``status``, ``reason``. Used for the log line
@@ -49,7 +52,8 @@ except ImportError:
     except ImportError:
         from hashlib import sha256 as _sha256  # type: ignore[assignment]
 
-FORMAT = "idm-snapshot-1"
+# -2 added keys.x509_line; a -1 file is refused as corrupt until `idm refresh` rewrites it.
+FORMAT = "idm-snapshot-2"
 
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -61,7 +65,8 @@ CREATE TABLE keys (
     certificate TEXT NOT NULL,
     subject TEXT NOT NULL,
     rule TEXT NOT NULL,
-    line TEXT NOT NULL
+    line TEXT NOT NULL,
+    x509_line TEXT NOT NULL
 );
 CREATE TABLE denied (
     certificate TEXT PRIMARY KEY,
@@ -101,7 +106,8 @@ def key_digest(blob: bytes) -> bytes:
 # add ~13 ms to every login attempt.
 KeyEntry = namedtuple(
     "KeyEntry",
-    "digest username key_type valid_until certificate subject rule line",
+    "digest username key_type valid_until certificate subject rule line x509_line",
+    defaults=("",),  # no PKIX-SSH line (a plain key, or a key type without one)
 )
 KeyEntry.__doc__ = "One authorized (key, user) pair; see the module docstring for the fields."
 DeniedEntry = namedtuple("DeniedEntry", "certificate digest status reason")
@@ -151,9 +157,9 @@ def write_snapshot(
                 for e in entries:
                     count += 1
                     yield (e.digest, e.username, e.key_type, int(e.valid_until),
-                           e.certificate, e.subject, e.rule, e.line)
+                           e.certificate, e.subject, e.rule, e.line, e.x509_line)
 
-            conn.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows())
+            conn.executemany("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows())
             conn.executemany(
                 "INSERT OR REPLACE INTO denied VALUES (?, ?, ?, ?)",
                 ((d.certificate, d.digest, d.status, d.reason) for d in denied),

@@ -37,17 +37,19 @@ def keygen(tmp_path: Path, name: str, kind: str = "ed25519") -> tuple[str, str]:
 
 
 def entry(key_type: str, b64: str, user: str, *, valid_for: int = 3600,
-          cert: str = "ab" * 32) -> KeyEntry:
+          cert: str = "ab" * 32, x509_line: str = "") -> KeyEntry:
     until = int(time.time()) + valid_for
     line = f'expiry-time="{time.strftime("%Y%m%d%H%M%S", time.gmtime(until))}Z" ' \
            f"{key_type} {b64} idm:{cert[:16]} CN={user}"
     return KeyEntry(key_digest(base64.b64decode(b64)), user, key_type, until, cert,
-                    f"CN={user}", "email", line)
+                    f"CN={user}", "email", line, x509_line)
 
 
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, tuple[str, str]]:
-    return {n: keygen(tmp_path, n) for n in ("alice", "bob", "revoked", "stranger")}
+    keys = {n: keygen(tmp_path, n) for n in ("alice", "bob", "revoked", "stranger")}
+    keys["carol"] = keygen(tmp_path, "carol", "rsa")
+    return keys
 
 
 @pytest.fixture
@@ -58,12 +60,14 @@ def snapshot(tmp_path: Path, keys: dict[str, tuple[str, str]]) -> Path:
         entry(*keys["alice"], "alice", cert="a1" * 32),
         entry(*keys["alice"], "root", cert="a1" * 32),
         entry(*keys["bob"], "bob", valid_for=-10, cert="b0" * 32),
+        # (the line idm refresh writes for PKIX-SSH holds a certificate; any text does here)
+        entry(*keys["carol"], "carol", cert="c0" * 32, x509_line="x509v3-sign-rsa MIIB carol"),
     ]
     denied = [DeniedEntry("dd" * 32, key_digest(base64.b64decode(keys["revoked"][1])),
                           "revoked", "keyCompromise")]
     info = write_snapshot(path, entries, denied, written_at=now, deadline=now + 600,
                           source="test")
-    assert info.entries == 3
+    assert info.entries == 4
     assert path.stat().st_mode & 0o777 == 0o644
     return path
 
@@ -106,6 +110,39 @@ def test_refusals_say_why_in_one_line(snapshot: Path, keys: dict, user: str, key
 def test_key_type_must_match(snapshot: Path, keys: dict) -> None:
     proc = run(snapshot, "alice", "ssh-rsa", keys["alice"][1])
     assert proc.returncode == 1 and "key type does not match" in proc.stderr
+
+
+@pytest.mark.parametrize("x509_type", ["x509v3-sign-rsa", "x509v3-ssh-rsa",
+                                       "x509v3-rsa2048-sha256"])
+def test_pkixssh_sshd_x509_type_with_plain_key_gets_the_x509_line(
+    snapshot: Path, keys: dict, x509_type: str
+) -> None:
+    # PKIX-SSH's sshd passes %t = an X.509 key type and %k = the plain key (docs/server.md)
+    proc = run(snapshot, "carol", x509_type, keys["carol"][1])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "x509v3-sign-rsa MIIB carol\n"
+
+
+@pytest.mark.parametrize(("user", "x509_type", "key", "why"), [
+    ("carol", "x509v3-ecdsa-sha2-nistp256", "carol",
+     "x509v3-ecdsa-sha2-nistp256 is not an X.509 key type of a ssh-rsa key"),
+    ("alice", "x509v3-ssh-ed25519", "alice", "is not an X.509 key type of a ssh-ed25519 key"),
+    ("bob", "x509v3-sign-rsa", "carol", "is mapped to carol, not to bob"),
+])
+def test_pkixssh_sshd_refusals(snapshot: Path, keys: dict, user: str, x509_type: str,
+                               key: str, why: str) -> None:
+    proc = run(snapshot, user, x509_type, keys[key][1])
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert why in proc.stderr, proc.stderr
+
+
+def test_pkixssh_sshd_needs_the_x509_line(tmp_path: Path, keys: dict) -> None:
+    path = tmp_path / "no-x509.sqlite"
+    now = int(time.time())
+    write_snapshot(path, [entry(*keys["carol"], "carol")], written_at=now, deadline=now + 60)
+    assert run(path, "carol", "ssh-rsa", keys["carol"][1]).returncode == 0
+    proc = run(path, "carol", "x509v3-sign-rsa", keys["carol"][1])
+    assert proc.returncode == 1 and "no X.509 line for this key" in proc.stderr
 
 
 def test_stale_snapshot_refuses(tmp_path: Path, keys: dict) -> None:
@@ -186,7 +223,7 @@ main()
 """
 
 
-@pytest.mark.parametrize("mode", ["allowed", "denied", "user-only", "stale"])
+@pytest.mark.parametrize("mode", ["allowed", "denied", "user-only", "stale", "pkixssh"])
 def test_plain_key_path_imports_nothing_heavy(snapshot: Path, keys: dict, mode: str,
                                               tmp_path: Path) -> None:
     args = {
@@ -194,10 +231,13 @@ def test_plain_key_path_imports_nothing_heavy(snapshot: Path, keys: dict, mode: 
         "denied": ["--snapshot", str(snapshot), "alice", *keys["revoked"]],
         "user-only": ["--snapshot", str(snapshot), "root"],
         "stale": ["--snapshot", str(tmp_path / "missing.sqlite"), "alice", *keys["alice"]],
+        "pkixssh": ["--snapshot", str(snapshot), "carol", "x509v3-rsa2048-sha256",
+                    keys["carol"][1]],
     }[mode]
     proc = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY, args=args)],
                           capture_output=True, text=True, check=False)
-    assert proc.returncode == (0 if mode in ("allowed", "user-only") else 1), proc.stderr
+    assert proc.returncode == (0 if mode in ("allowed", "user-only", "pkixssh") else 1), \
+        proc.stderr
     assert "HEAVY=\n" in proc.stderr, proc.stderr
 
 

@@ -214,6 +214,52 @@ def test_x509_path_refuses_superseded_and_untrusted(tmp_path: Path, ca: SampleCA
     inv.close()
 
 
+@pytest.mark.parametrize(("key", "x509_types"), [
+    ("rsa2048", ["x509v3-sign-rsa", "x509v3-ssh-rsa", "x509v3-rsa2048-sha256"]),
+    ("ec-p256", ["x509v3-ecdsa-sha2-nistp256"]),
+    ("ec-p384", ["x509v3-ecdsa-sha2-nistp384"]),
+])
+def test_pkixssh_x509_type_with_the_plain_key(tmp_path: Path, ca: SampleCA, key: str,
+                                              x509_types: list[str]) -> None:
+    """PKIX-SSH's sshd: %t an X.509 type, %k the plain key; only a valid, mapped one passes."""
+    cfg = setup(tmp_path, ca)
+    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    name = f"pk-{key}"
+    good = ca.user(name, "--key", key)
+    lost = ca.user(f"{name}-lost", "--key", key)
+    old = ca.user(f"{name}-old", "--key", key, "--not-before", "-3d", "--not-after", "-1d")
+    replaced = ca.user(f"{name}-replaced", "--key", key)
+    for cert in (good, lost, old):
+        enroll(inv, cert)
+    enroll(inv, replaced, status="superseded")
+    ca.revoke(lost, reason="keyCompromise")
+    idm("refresh", config=cfg)
+
+    def ask(user: str, x509_type: str, cert: Path) -> subprocess.CompletedProcess[str]:
+        return helper("--config", str(cfg), user, x509_type, plain_pub_line(cert).split()[1])
+
+    der = load_cert(good).public_bytes(Encoding.DER)
+    for x509_type in x509_types:
+        proc = ask(name, x509_type, good)
+        assert proc.returncode == 0, proc.stderr
+        [line] = proc.stdout.splitlines()
+        parsed = w.parse_public_key_line(line)
+        # the certificate under PKIX-SSH's raw-DER name, whatever X.509 type sshd passed
+        assert line.split()[1] == w.KeyBlob.raw_der(der).algorithm
+        assert parsed.key.chain[0] == der and parsed.options[0].startswith("expiry-time=")
+    x509_type = x509_types[0]
+    for user, cert, why in [
+        ("someone-else", good, "not to someone-else"),
+        (f"{name}-lost", lost, "is revoked"),
+        (f"{name}-old", old, "is expired"),
+        (f"{name}-replaced", replaced, "is superseded"),
+    ]:
+        proc = ask(user, x509_type, cert)
+        assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+        assert why in proc.stderr, proc.stderr
+    inv.close()
+
+
 def test_principals_dir_maps_without_touching_the_inventory(tmp_path: Path, ca: SampleCA) -> None:
     pdir = tmp_path / "principals"
     pdir.mkdir()
