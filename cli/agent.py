@@ -13,7 +13,9 @@ import os
 import re
 import shlex
 import signal
+import socket
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,21 +147,74 @@ def _kill_agent() -> None:
     click.echo(f"unset SSH_AUTH_SOCK;\nunset SSH_AGENT_PID;\necho Agent pid {pid} killed;")
 
 
-def _setup_logging(debug: bool, foreground: bool) -> None:
+SYSLOG_SOCKET = "/dev/log"
+
+
+def _log_to_stderr(debug: bool, *, quiet: bool) -> None:
+    """Log to stderr: in the foreground, and in a detaching agent until it detaches (what
+    goes wrong at start is said where the user is looking)."""
     logger = logging.getLogger("idm.agent")
     logger.handlers.clear()
     logger.propagate = False
-    if debug or foreground:
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("idm agent: %(levelname)s: %(message)s"))
-        logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    elif os.path.exists("/dev/log"):
-        handler = logging.handlers.SysLogHandler("/dev/log")
-        handler.setFormatter(logging.Formatter("idm-agent[%(process)d]: %(message)s"))
-        logger.setLevel(logging.INFO)
-    else:
-        handler = logging.NullHandler()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("idm agent: %(levelname)s: %(message)s"))
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
     logger.addHandler(handler)
+
+
+def _socket_dir() -> Path:
+    """The folder of the default socket: $XDG_RUNTIME_DIR/idm, or, without a runtime
+    directory (a login without systemd-logind, su, a container), a private temporary
+    folder, said once."""
+    if not os.environ.get("XDG_RUNTIME_DIR"):
+        path = Path(tempfile.mkdtemp(prefix="idm-agent-"))
+        logging.getLogger("idm.agent").warning(
+            "XDG_RUNTIME_DIR is not set: the socket is in the private folder %s "
+            "(removed when the agent stops)", path)
+        return path
+    return default_socket_dir()
+
+
+def default_log_file() -> Path:
+    """Where a detached agent logs when there is no syslog to log to."""
+    from idm.identity.config import default_state_dir
+
+    return default_state_dir() / "agent.log"
+
+
+def _syslog_reachable() -> bool:
+    """Whether a syslog daemon listens on /dev/log (SysLogHandler itself ignores a missing
+    one and then drops every line)."""
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        probe = socket.socket(socket.AF_UNIX, kind)
+        try:
+            probe.connect(SYSLOG_SOCKET)
+            return True
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    return False
+
+
+def _daemon_log_handler(log_file: str | None) -> tuple[logging.Handler, str | None]:
+    """The handler of a detached agent, and the file it writes if not syslog.
+
+    syslog when /dev/log answers (``journalctl -t idm-agent``); else, or with --log-file,
+    a file (appended, 0600; reopened when logrotate moves it). Raises OSError when that
+    file cannot be opened."""
+    if log_file is None and _syslog_reachable():
+        handler: logging.Handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET)
+        handler.setFormatter(logging.Formatter("idm-agent[%(process)d]: %(message)s"))
+        return handler, None
+    path = Path(log_file) if log_file is not None else default_log_file()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.close(fd)
+    handler = logging.handlers.WatchedFileHandler(path)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s idm-agent[%(process)d]: %(levelname)s: %(message)s"))
+    return handler, str(path)
 
 
 def _detach() -> None:
@@ -193,6 +248,9 @@ def _detach() -> None:
 @click.option("--refresh-interval", type=click.FloatRange(min=1.0), default=300.0,
               show_default=True, metavar="SECONDS",
               help="Re-validate each certificate at least this often (SIGUSR1: now).")
+@click.option("--log-file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also append the log to FILE. A detached agent logs to syslog, or to "
+              "$XDG_STATE_HOME/idm/agent.log when there is no syslog (/dev/log).")
 @click.pass_context
 def agent(
     ctx: click.Context,
@@ -206,11 +264,31 @@ def agent(
     only: tuple[str, ...],
     poll_interval: float,
     refresh_interval: float,
+    log_file: str | None,
 ) -> None:
-    """Run an SSH agent that serves validated identities (a drop-in for ssh-agent)."""
+    """Run an SSH agent that serves validated identities (a drop-in for ssh-agent).
+
+    Like ssh-agent it prints the shell lines that set SSH_AUTH_SOCK and SSH_AGENT_PID and
+    detaches: use it as eval "$(idm agent)". Why it refuses a request is in its log:
+    stderr with -D or -d, else syslog, or a file it names on start when there is no syslog.
+    """
     if kill:
         _kill_agent()
         return
+    detach = not (foreground or debug)
+    # Until it detaches, a daemon says only warnings, on the terminal it was started from.
+    _log_to_stderr(debug, quiet=detach)
+    log = logging.getLogger("idm.agent")
+    handler: logging.Handler | None = None
+    if detach or log_file is not None:
+        try:
+            handler, written = _daemon_log_handler(log_file)
+        except OSError as exc:
+            raise UserError(f"cannot open the agent's log file: {exc}") from None
+        if detach and written is not None and log_file is None:
+            log.warning("no syslog (%s): logging to %s", SYSLOG_SOCKET, written)
+        if not detach:
+            log.addHandler(handler)  # -D/-d with --log-file: stderr and the file
     config = getattr(ctx.obj, "config", None) if ctx.obj is not None else None
     agent_cfg = config.agent if config is not None else None
     settings = AgentRunSettings(
@@ -227,7 +305,7 @@ def agent(
     elif agent_cfg is not None and agent_cfg.socket is not None:
         sock = Path(agent_cfg.socket)
     else:
-        created_dir = default_socket_dir()
+        created_dir = _socket_dir()
         sock = created_dir / "agent.sock"
     pkix = Path(pkix_socket) if pkix_socket else (
         Path(agent_cfg.pkix_socket) if agent_cfg is not None and agent_cfg.pkix_socket else None
@@ -247,7 +325,7 @@ def agent(
     # still ends the child cleanly (socket and folder removed).
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: server.shutdown())
-    if not (foreground or debug):
+    if detach:
         sys.stdout.flush()
         child = os.fork()
         if child:
@@ -256,11 +334,15 @@ def agent(
             sys.stdout.flush()
             os._exit(0)
         _detach()
+        log.handlers.clear()
+        if handler is not None:
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.info("started (pid %d), listening on %s", os.getpid(), sock)
     else:
         click.echo(_shell_lines(sock, os.getpid(), pkix))
         sys.stdout.flush()
 
-    _setup_logging(debug, foreground)
     try:
         _start_sources(sources)
         server.serve_forever()
