@@ -49,6 +49,7 @@ from idm.identity.agent.identities import (
     SocketKind,
     SoftwareKeyring,
 )
+from idm.identity.agent.peer import pkixssh_program
 
 # A client that starts a message must finish it within this many seconds; an idle
 # connection (ssh keeps one open for its whole session) may wait forever.
@@ -180,6 +181,7 @@ class ClientState:
     pid: int
     uid: int
     bindings: list[p.SessionBind] = field(default_factory=list)
+    hinted: bool = False  # the PKIX-SSH hint was logged for this connection
 
     @property
     def label(self) -> str:
@@ -395,9 +397,10 @@ class AgentServer:
             log.warning("%s: %s refused: the agent is locked", state.label, type(req).__name__)
             return p.Failure()
         if isinstance(req, p.RequestIdentities):
-            return p.IdentitiesAnswer(
-                [(i.blob, i.comment) for _, i in self._identities(state.kind)]
-            )
+            listed = [i for _, i in self._identities(state.kind)]
+            if state.kind is SocketKind.STANDARD and not state.hinted:
+                self._hint_pkixssh(state, listed)
+            return p.IdentitiesAnswer([(i.blob, i.comment) for i in listed])
         if isinstance(req, p.SignRequest):
             return self._sign(req, state)
         if isinstance(req, p.AddIdentity):
@@ -427,6 +430,25 @@ class AgentServer:
         log.warning("%s: unsupported request type %d", state.label,
                     req.msg_type if isinstance(req, p.UnknownRequest) else -1)
         return p.Failure()
+
+    def _hint_pkixssh(self, state: ClientState, listed: Sequence[AgentIdentity]) -> None:
+        """Say why a PKIX-SSH client gets nothing from this list (it rejects RFC 6187 blobs
+        whole, and its ssh then goes on silently without the agent)."""
+        try:
+            if not any(i.key.form is w.BlobForm.RFC6187 for i in listed):
+                return
+        except w.WireFormatError:  # logged where it matters (_find); a hint never fails a list
+            return
+        program = pkixssh_program(state.pid)
+        if program is None:
+            return
+        state.hinted = True
+        pkix = [str(x.path) for x in self._listeners if x.kind is SocketKind.PKIX]
+        where = (f"SSH_AUTH_SOCK={pkix[0]}" if pkix
+                 else "start the agent with --pkix-socket PATH and use that PATH")
+        log.warning("%s runs PKIX-SSH (%s), which rejects this socket's list as a whole "
+                    "(RFC 6187 identities: 'invalid format'); point it at the PKIX-SSH "
+                    "socket: %s", state.label, program, where)
 
     def _identities(self, kind: SocketKind) -> list[tuple[IdentitySource, AgentIdentity]]:
         out: list[tuple[IdentitySource, AgentIdentity]] = []
