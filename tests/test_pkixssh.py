@@ -54,7 +54,8 @@ LOGIN_USER = "root"  # sshd with privilege separation needs root; the tests log 
 # sample-ca user -> (key type, the X.509 algorithms PKIX-SSH offers for it, the %t its sshd
 # passes for them: the first X.509 algorithm of the key type, ssh-xkalg.c)
 USERS = {
-    "pk-rsa": ("rsa2048", ["x509v3-sign-rsa", "x509v3-rsa2048-sha256"], "x509v3-rsa2048-sha256"),
+    "pk-rsa": ("rsa2048", ["x509v3-sign-rsa", "x509v3-ssh-rsa", "x509v3-rsa2048-sha256"],
+               "x509v3-rsa2048-sha256"),
     "pk-ec256": ("ec-p256", ["x509v3-ecdsa-sha2-nistp256"], "x509v3-ecdsa-sha2-nistp256"),
     "pk-ec384": ("ec-p384", ["x509v3-ecdsa-sha2-nistp384"], "x509v3-ecdsa-sha2-nistp384"),
 }
@@ -312,9 +313,12 @@ def test_standard_socket_refused_by_pkixssh_with_a_hint(world: World, args: list
 @pytest.mark.parametrize(("user", "algorithm"), LOGINS)
 def test_login_x509_by_pkixssh_alone(world: World, user: str, algorithm: str) -> None:
     """(a): a Subject: line and PKIX-SSH's CA store, keys through idm's PKIX socket."""
-    before = len(world.sshd_a.log_text())
+    before, before_agent = len(world.sshd_a.log_text()), len(world.agent_text())
     world.assert_login(world.sshd_a, algorithm)
     log = world.sshd_a.log_text()[before:]
+    # PKIX-SSH 16's client asks a PKIX-SSH 16 server for plain SSH signatures (flags 0)
+    assert f"(pkix socket): signed with \"CN={user},O=idm demo,C=XX (card 'pkix-card')\" " \
+           f"({algorithm}, flags 0x0)" in world.agent_text()[before_agent:]
     # matched by a Subject: line (a name without a key: "X509(rsa)")
     kind = KEY_TYPE[USERS[user][0]]
     assert f"Authorized by X509({kind}) : CN={user},O=idm demo,C=XX" in log, log
