@@ -227,11 +227,11 @@ def world(pkixssh: PkixsshBuild, tmp_path_factory: pytest.TempPathFactory) -> It
                 inv.close()
             idm("refresh", config=install.config, db=db)
             sock, pkix_sock, agent_log = short / "std.sock", short / "pkix.sock", tmp / "agent.log"
-            with open(agent_log, "wb") as err:
+            with open(agent_log, "wb") as err, open(tmp / "agent.out", "wb") as out:
                 agent = subprocess.Popen(
                     [*IDM, "--config", str(install.config), "--db", db, "agent", "-d",
                      "-a", str(sock), "--pkix-socket", str(pkix_sock)],
-                    env=env, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+                    env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
             _wait(lambda: len(_listing(pkix_sock)) == 2 * len(USERS), "the card's identities",
                   agent_log.read_text)
             store = [f"CACertificateFile {ca_file}"]
@@ -272,6 +272,9 @@ def own_agent(world: World) -> Iterator[Path]:
 
 def test_pkix_socket_lists_what_pkixssh_agent_lists(world: World, own_agent: Path) -> None:
     assert world.pkix.version().startswith("PKIX-SSH 16.")
+    # what `eval "$(idm agent --pkix-socket PATH)"` sets
+    exported = (world.dir / "agent.out").read_text()
+    assert f"IDM_PKIX_AUTH_SOCK={world.pkix_sock}; export IDM_PKIX_AUTH_SOCK;" in exported
     listed = world.ssh_add(world.pkix_sock, "-L")
     assert listed.returncode == 0, listed.stderr
     for user, (_, _, first) in USERS.items():
