@@ -280,14 +280,20 @@ def _new_key(
             f"({exc or 'expected e.g. CN=Alice,O=Example'})"
         ) from None
     session = provider_set.open(uri.without_object(), pin)
-    key = session.generate_key_pair(kind, label=label or "idm")
-    csr = session.make_csr(key, name)
-    pem = csr.public_bytes(serialization.Encoding.PEM)
-    if csr_out:
-        Path(csr_out).write_bytes(pem)
-        click.echo(f"wrote {csr_out}", err=True)
-    else:
-        click.echo(pem.decode(), nl=False)
+    # Until its CSR is out, the new key is of no use: if anything fails or Ctrl-C comes
+    # first, it is deleted from the card again (no orphan private keys).
+    with session.generated_key_pair(kind, label=label or "idm") as key:
+        csr = session.make_csr(key, name)
+        pem = csr.public_bytes(serialization.Encoding.PEM)
+        if csr_out:
+            try:
+                Path(csr_out).write_bytes(pem)
+            except OSError as exc:
+                raise UserError(f"cannot write the CSR to {csr_out}: {exc.strerror}; "
+                                "the new key is deleted from the token again") from None
+            click.echo(f"wrote {csr_out}", err=True)
+        else:
+            click.echo(pem.decode(), nl=False)
     click.echo(f"new key: {key.uri} ({key.description})", err=True)
 
 

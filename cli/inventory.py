@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from idm.cli.context import AppContext
@@ -19,16 +21,25 @@ def _short(fp: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: tokens and certificates.")
 @click.option("--status", type=click.Choice(CERT_STATUSES),
               help="Only certificates with this status.")
+@click.option("--no-scan", is_flag=True,
+              help="Do not ask the PKCS#11 providers which tokens are present now.")
 @pass_app
-def list_command(app: AppContext, as_json: bool, status: str | None) -> None:
-    """List tokens and certificates in the inventory, with their status."""
+def list_command(app: AppContext, as_json: bool, status: str | None, no_scan: bool) -> None:
+    """List tokens and certificates in the inventory, with their status.
+
+    Unless --no-scan, the configured PKCS#11 providers are asked which tokens are in a
+    reader now (PRESENT: yes, no, or ? when the token's provider is not loaded here), and
+    the inventory records it: STATE and LAST SEEN are as of the last time idm saw the card.
+    Times are UTC.
+    """
     inv = app.inventory()
-    tokens = inv.tokens()
+    presence = {} if no_scan else _presence(app)
+    tokens = inv.tokens()  # after the scan: its states and times
     certs = inv.certificates(status=status)
     if as_json:
         print_json(
             {
-                "tokens": [t.as_dict() for t in tokens],
+                "tokens": [{**t.as_dict(), "present_now": presence.get(t.id)} for t in tokens],
                 "certificates": [c.as_dict() for c in certs],
             }
         )
@@ -36,16 +47,18 @@ def list_command(app: AppContext, as_json: bool, status: str | None) -> None:
     labels = {t.id: t.label for t in tokens}
     click.echo(f"Tokens ({len(tokens)}):")
     print_table(
-        ["ID", "LABEL", "MANUFACTURER", "MODEL", "SERIAL", "STATE", "LAST SEEN"],
+        ["ID", "LABEL", "MANUFACTURER", "MODEL", "SERIAL", "STATE", "PRESENT",
+         "LAST SEEN (UTC)"],
         [
             (t.id, t.label, t.manufacturer, t.model, t.serial, t.state,
+             {"yes": "yes", "no": "no"}.get(presence.get(t.id) or "", "?"),
              t.last_seen.strftime("%Y-%m-%d %H:%M"))
             for t in tokens
         ],
     )
     click.echo(f"\nCertificates ({len(certs)}):")
     print_table(
-        ["SHA256", "STATUS", "SUBJECT", "KEY", "TOKEN", "NOT AFTER"],
+        ["SHA256", "STATUS", "SUBJECT", "KEY", "TOKEN", "NOT AFTER (UTC)"],
         [
             (_short(c.sha256), c.status, c.subject, c.key_type,
              labels.get(c.token_id, "-") if c.token_id else "-",
@@ -53,6 +66,24 @@ def list_command(app: AppContext, as_json: bool, status: str | None) -> None:
             for c in certs
         ],
     )
+
+
+def _presence(app: AppContext) -> dict[int, str]:
+    """token id -> yes/no/unknown from one scan of the providers (recorded); {} when the
+    providers cannot be asked (a warning says why)."""
+    from idm.cli.main import command_line
+    from idm.cli.tokens import open_providers
+    from idm.identity.tokens.errors import TokenError
+    from idm.identity.tokens.presence import scan_presence
+
+    try:
+        providers = open_providers(app, ())
+        found = scan_presence(app.inventory(), providers, command=command_line())
+    except (UserError, TokenError) as exc:
+        message = exc.format_message() if isinstance(exc, UserError) else str(exc)
+        click.echo(f"idm: warning: token presence not checked: {message}", err=True)
+        return {}
+    return {p.token.id: p.present for p in found}
 
 
 @click.command("show")
@@ -98,15 +129,48 @@ def show_command(app: AppContext, fingerprint: str, as_json: bool, pem: bool) ->
         ("Token", f"{token.label} ({token.manufacturer}, serial {token.serial})" if token else "-"),
         ("CKA_ID", cert.cka_id or "-"),
         ("Status", cert.status + (f": {cert.status_reason}" if cert.status_reason else "")),
-        ("Last check", f"{cert.verdict_status} at {cert.verified_at:%Y-%m-%d %H:%M}"
-         if cert.verified_at else "never"),
+        ("Decided", _decided_by(cert, events)),
+        ("Last check", _last_check(cert)),
     ]
+    note = _disagreement(cert)
+    if note:
+        rows.append(("Note", note))
     for name, value in rows:
         click.echo(f"{name + ':':13} {value}")
-    click.echo("Events:")
+    click.echo("Events (UTC):")
     for e in events:
         why = f" ({e.reason})" if e.reason else ""
         click.echo(f"  {e.time:%Y-%m-%d %H:%M:%S}  {e.kind}{why}  [{e.command or '-'}]")
+
+
+def _decided_by(cert: Any, events: list[Any]) -> str:
+    """When the status was set and by which command (its event)."""
+    when = f"{cert.status_time:%Y-%m-%d %H:%M} UTC" if cert.status_time else "-"
+    event = next((e for e in reversed(events) if e.kind == cert.status), None)
+    return f"{when} by {event.command or '-'}" if event else when
+
+
+def _last_check(cert: Any) -> str:
+    if not cert.verified_at:
+        return "never"
+    text = f"{cert.verdict_status} at {cert.verified_at:%Y-%m-%d %H:%M} UTC"
+    if cert.fresh_until:
+        text += f", revocation status good until {cert.fresh_until:%Y-%m-%d %H:%M} UTC"
+    return text
+
+
+def _disagreement(cert: Any) -> str | None:
+    """Say why the status and the last check differ, when they do."""
+    verdict = cert.verdict_status
+    if verdict is None or verdict == cert.status:
+        return None
+    if cert.status in ("revoked", "expired") and verdict != cert.status:
+        return (f"the status stays {cert.status}: it is final, a later check ({verdict}, e.g. "
+                "with other revocation data or policy) does not undo it")
+    if cert.status == "approved" and verdict in ("revoked", "expired"):
+        return (f"the last check found it {verdict}: the status follows at the next "
+                "`idm refresh` or when the agent checks it")
+    return None
 
 
 @click.command("events")
@@ -131,7 +195,7 @@ def events_command(
             print_json(e.as_dict())
         return
     print_table(
-        ["TIME", "EVENT", "CERTIFICATE", "TOKEN", "REASON", "COMMAND"],
+        ["TIME (UTC)", "EVENT", "CERTIFICATE", "TOKEN", "REASON", "COMMAND"],
         [
             (f"{e.time:%Y-%m-%d %H:%M:%S}", e.kind, _short(e.certificate) if e.certificate else "-",
              e.token_id or "-", e.reason or "", e.command or "")

@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "tokens": "idm.cli.tokens:tokens_command",
     "objects": "idm.cli.tokens:objects_command",
     "enroll": "idm.cli.enroll:enroll_command",
+    "token": "idm.cli.lifecycle:token_group",
+    "forget": "idm.cli.lifecycle:forget_command",
     "export": "idm.cli.transfer:export_command",
     "import": "idm.cli.transfer:import_command",
     "verify": "idm.cli.verify:verify",

@@ -23,6 +23,22 @@ class UserError(click.ClickException):
         click.echo(f"idm: error: {self.format_message()}", err=True)
 
 
+def confirm(question: str, *, yes: bool, refusal: str) -> None:
+    """Go on when --yes was given or a person at the terminal answers yes.
+
+    Without a terminal on stdin (a script, a timer) and without --yes: a UserError built
+    from `refusal` (what would be lost). Answering no: "nothing changed", exit status 1.
+    Ctrl-C at the question stops the command like anywhere else (exit 130).
+    """
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"{refusal}; give --yes to go ahead")
+    if not click.confirm(f"{refusal}. {question}", default=False, err=True):
+        click.echo("idm: nothing changed", err=True)
+        raise click.exceptions.Exit(1)
+
+
 def print_json(obj: Any) -> None:
     """One compact JSON value on one line (scripts read these line by line)."""
     click.echo(json.dumps(obj, sort_keys=False, default=str, separators=(",", ":")))

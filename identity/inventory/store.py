@@ -428,6 +428,54 @@ class Inventory:
                 self._event(s, f"token-{state}", token_id=token_id, command=command)
                 row.state = state
 
+    def mark_token_seen(self, token_id: int, *, command: str | None = None) -> None:
+        """A scan found the token in its reader now: last_seen is now, and an absent
+        token is present again (with an event). A retired token stays retired."""
+        with self.writing() as s:
+            row = s.get(Token, token_id)
+            if row is None:
+                raise InventoryError(f"no token with id {token_id}")
+            row.last_seen = now()
+            if row.state == "absent":
+                self._event(s, "token-present", token_id=token_id, reason="was absent",
+                            command=command)
+                row.state = "present"
+
+    def retire_token(
+        self, token_id: int, *, reason: str | None = None, command: str | None = None
+    ) -> tuple[TokenRecord, list[str]]:
+        """Retire a token for good; its approved and pending certificates become superseded.
+
+        One transaction: the token's state, the certificates' statuses and their events.
+        Returns the token and the SHA-256 of the certificates withdrawn (none when the
+        token was retired already).
+        """
+        with self.writing() as s:
+            row = s.get(Token, token_id)
+            if row is None:
+                raise InventoryError(f"no token with id {token_id} in the inventory")
+            if row.state == "retired":
+                return _token_record(row), []
+            why = f"token {row.label!r} (serial {row.serial}) retired" + (
+                f": {reason}" if reason else "")
+            self._event(s, "token-retired", token_id=token_id, reason=reason, command=command)
+            row.state = "retired"
+            withdrawn = []
+            query = select(Certificate).where(
+                Certificate.token_id == token_id, Certificate.status.in_(("approved", "pending"))
+            )
+            for cert in s.scalars(query.order_by(Certificate.id)):
+                cert.status, cert.status_reason, cert.status_time = "superseded", why, now()
+                self._event(s, "superseded", certificate_id=cert.id, token_id=token_id,
+                            reason=why, command=command)
+                withdrawn.append(cert.sha256)
+            return _token_record(row), withdrawn
+
+    def token(self, token_id: int) -> TokenRecord | None:
+        with self.reading() as s:
+            row = s.get(Token, token_id)
+            return _token_record(row) if row else None
+
     def tokens(self) -> list[TokenRecord]:
         with self.reading() as s:
             return [_token_record(r) for r in s.scalars(select(Token).order_by(Token.id))]
@@ -568,6 +616,22 @@ class Inventory:
                 command=command,
             )
             return True
+
+    def forget_certificate(self, sha256: str, *, command: str | None = None) -> CertificateRecord:
+        """Remove a certificate from the inventory; returns what it was.
+
+        Its earlier events stay in the log (no longer linked to it); a ``forgotten`` event
+        names its SHA-256, subject and last status.
+        """
+        with self.writing() as s:
+            row = s.scalars(select(Certificate).filter_by(sha256=sha256)).one_or_none()
+            if row is None:
+                raise InventoryError(f"no certificate {sha256} in the inventory")
+            record = _cert_record(row)
+            self._event(s, "forgotten", token_id=row.token_id, command=command,
+                        reason=f"certificate {row.sha256} {row.subject} (was {row.status})")
+            s.delete(row)
+            return record
 
     def record_verdict(
         self,

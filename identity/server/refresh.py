@@ -353,6 +353,10 @@ def _refresh(
             # card) is news: it puts the key into the KRL and the event log.
             step(rec)
             verdict = fresh.check(rec.der, at=now)
+            # Recorded like any check, so `idm show` never puts a revoked status beside
+            # an older "valid" last check.
+            inventory.record_verdict(rec.sha256, verdict.status, verified_at=now,
+                                     fresh_until=verdict.fresh_until)
             if verdict.status == v.REVOKED:
                 status, reason = "revoked", verdict.reason
                 inventory.set_status(rec.sha256, status, reason, command=command)

@@ -8,12 +8,15 @@ same subject or shares a principal (an e-mail or UPN in the subjectAltName): tha
 replaced card retires the old one. Every change is an inventory event; a second run with
 nothing new changes nothing. `enroll_certificate()` does the same for a certificate file
 and a token that is not inserted (the identity is configured before the card is present).
+A certificate the inventory already has on another token is refused (`EnrollmentConflict`)
+before anything is recorded.
 
 CA certificates kept on a token (basicConstraints CA) are not identities and are skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +29,10 @@ from idm.identity.checker import CertificateChecker, certificate_record
 from idm.identity.inventory.store import Inventory
 from idm.identity.tokens.session import CertificateObject, TokenInfo
 from idm.identity.tokens.uri import TokenIdentity
+
+
+class EnrollmentConflict(ValueError):
+    """The certificate is registered to another token in the inventory (one line)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,31 @@ def _enroll_one(
     return EnrolledCertificate(stored.sha256, stored.subject, status, reason, changed, label)
 
 
+def _check_owner(
+    inventory: Inventory, token: TokenIdentity, certificates: Iterable[x509.Certificate]
+) -> None:
+    """Refuse a certificate the inventory already has on another token.
+
+    A certificate belongs to the card that holds its key; recording it for a second card
+    would make a phantom token that claims someone else's identity.
+    """
+    for certificate in certificates:
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        known = inventory.certificate(hashlib.sha256(der).hexdigest())
+        if known is None or known.token_id is None:
+            continue
+        owner = inventory.token(known.token_id)
+        if owner is None:
+            continue
+        owner_identity = TokenIdentity(owner.manufacturer, owner.model, owner.serial, owner.label)
+        if owner_identity != token:
+            raise EnrollmentConflict(
+                f"certificate {known.sha256[:16]} ({known.subject}) is registered to token "
+                f"{owner_identity} (inventory id {owner.id}), not to {token}; if it really "
+                f"moved, run `idm forget {known.sha256[:16]}` first"
+            )
+
+
 def _supersede(
     inventory: Inventory,
     token: TokenIdentity,
@@ -156,6 +188,8 @@ def enroll_token(
 ) -> EnrollmentResult:
     """Enroll a present token's certificates (see the module docstring)."""
     ident = info.identity
+    objects = list(certificates)
+    _check_owner(inventory, ident, (o.certificate for o in objects if not _is_ca(o.certificate)))
     token = inventory.record_token(
         ident.manufacturer,
         ident.model,
@@ -165,7 +199,6 @@ def enroll_token(
         command=command,
     )
     result = EnrollmentResult(ident, token.id)
-    objects = list(certificates)
     # CA certificates kept on the card are not identities, but help build the path.
     ca_certs = [o.certificate for o in objects if _is_ca(o.certificate)]
     for obj in objects:
@@ -202,6 +235,8 @@ def enroll_certificate(
     command: str | None = None,
 ) -> EnrollmentResult:
     """Register `certificate` for `token` (which may be absent) and enroll it."""
+    if not _is_ca(certificate):
+        _check_owner(inventory, token, [certificate])
     known = inventory.find_token(token.manufacturer, token.model, token.serial, token.label)
     if present or known is None:
         record = inventory.record_token(

@@ -13,6 +13,9 @@ Rules (see docs/tokens.md, "PIN behaviour"):
   uses it even without a display. Interactive commands otherwise prompt on /dev/tty;
   background processes (the agent) can only use askpass.
 * A token with a protected authentication path (PIN pad) logs in without a PIN from us.
+* Ctrl-C at a prompt (terminal or askpass) is never turned into a cancelled PIN: the
+  KeyboardInterrupt stops the command (`idm` exits 130). Ctrl-D at the terminal or the
+  askpass program's Cancel button is `PinCancelled`, which a command may survive.
 * PINs are never logged, printed, or cached here (the session layer caches the logged-in
   session, not the PIN).
 """
@@ -263,10 +266,14 @@ def run_askpass(program: str, prompt: str, env: Mapping[str, str]) -> str:
 
 
 def tty_prompt(prompt: str) -> str:
-    """Ask on /dev/tty without echo."""
+    """Ask on /dev/tty without echo.
+
+    End of input (Ctrl-D) cancels this PIN entry; Ctrl-C (KeyboardInterrupt) is not
+    caught here: it stops the whole command, as it does everywhere else.
+    """
     try:
         answer = getpass.getpass(prompt)
-    except (EOFError, KeyboardInterrupt):
+    except EOFError:
         raise PinCancelled("PIN entry cancelled") from None
     if not answer:
         raise PinCancelled("empty PIN entered; nothing sent to the token")

@@ -41,6 +41,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -67,6 +68,7 @@ from idm.identity.tokens.errors import (
     PinLocked,
     PinUnavailable,
     ProviderError,
+    TokenError,
     TokenNotFound,
     TokenNotPresent,
     TokenOperationError,
@@ -1147,11 +1149,70 @@ class TokenSession:
                     f"token {self.identity} could not generate a {kind} key: {type(exc).__name__}"
                 ) from None
 
-        self._run(op, login=True)
-        for key in self.keys("private", login=True):
-            if key.id == key_id:
-                return key
-        raise TokenOperationError(f"the new key is not visible on token {self.identity}")
+        try:
+            self._run(op, login=True)
+            for key in self.keys("private", login=True):
+                if key.id == key_id:
+                    return key
+            raise TokenOperationError(f"the new key is not visible on token {self.identity}")
+        except BaseException:
+            # Interrupted (Ctrl-C) or failed after the card may have made the pair: the
+            # random CKA_ID names only this pair, so nothing else can be deleted here.
+            self._delete_key_objects(key_id, quietly=True)
+            raise
+
+    @contextmanager
+    def generated_key_pair(
+        self, kind: str, *, label: str, key_id: bytes | None = None
+    ) -> Iterator[KeyObject]:
+        """`generate_key_pair`, deleted again from the token if the `with` block fails or
+        is interrupted (e.g. Ctrl-C before its CSR was written): no orphan key is left."""
+        key = self.generate_key_pair(kind, label=label, key_id=key_id)
+        try:
+            yield key
+        except BaseException:
+            self._delete_key_objects(key.id, quietly=True)
+            raise
+
+    def delete_key(self, key: KeyObject) -> int:
+        """Delete a private key and the public key object with its CKA_ID; the count.
+
+        A key with an empty CKA_ID cannot be told apart from others and is refused.
+        """
+        if not key.id:
+            raise TokenOperationError(
+                f"{key.uri} has no CKA_ID: it cannot be told apart from other keys; "
+                "delete it with the card's own tool"
+            )
+        return self._delete_key_objects(key.id, quietly=False)
+
+    def _delete_key_objects(self, key_id: bytes, *, quietly: bool) -> int:
+        def op(session: Any) -> int:
+            found = [
+                obj
+                for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
+                for obj in session.get_objects({Attribute.CLASS: cls, Attribute.ID: key_id})
+            ]
+            for obj in found:
+                try:
+                    obj.destroy()
+                except _GONE:
+                    raise
+                except p11x.PKCS11Error as exc:
+                    raise TokenOperationError(
+                        f"token {self.identity} could not delete key id {key_id.hex()}: "
+                        f"{type(exc).__name__}"
+                    ) from None
+            return len(found)
+
+        if quietly and not self.logged_in:
+            return 0  # nothing was generated without a login; never ask a PIN to clean up
+        try:
+            return self._run(op, login=True)
+        except TokenError:
+            if quietly:
+                return 0
+            raise
 
     def store_certificate(
         self,
