@@ -121,7 +121,7 @@ def delete_key_command(
         uri = parse_token_reference(key_uri)
     except UriError as exc:
         raise UserError(str(exc)) from None
-    if not uri.names_object() or uri.type not in (None, "private"):
+    if not uri.names_object or uri.type not in (None, "private"):
         raise UserError("KEY-URI must name one private key: add id=… or object=… "
                         "(see `idm objects TOKEN-URI`)")
     provider_set = open_providers(app, providers)

@@ -207,7 +207,8 @@ def objects_command(
                     info["key"],
                     info["subject"] or "-",
                     {True: "yes", False: "no", None: "-"}[info["self_signed"]],
-                    _paired_words(info["paired_with"]),
+                    "no certificate" if info["type"] == "private" and not info["paired_with"]
+                    else _paired_words(info["paired_with"]),
                     info["ssh_fingerprint"] or "-",
                     info["uri"],
                 )
@@ -227,6 +228,13 @@ def objects_command(
             ],
             rows,
         )
+        lonely = [k for k in private_keys if cert_of_key.get(id(k)) is None
+                  and uri.matches_object(label=k.label, id=k.id, type="private")]
+        if lonely:
+            click.echo(
+                f"idm: note: {len(lonely)} private key(s) without a certificate on the token "
+                "(e.g. left by an interrupted `idm enroll --new-key`); delete one with "
+                f"`idm token delete-key '{lonely[0].uri}'`", err=True)
 
 
 def _key_words(public_key: Any) -> str:
