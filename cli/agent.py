@@ -80,7 +80,9 @@ def build_sources(
                     "identities)")
         return [], None
     try:
-        inventory = app.inventory()  # type: ignore[attr-defined]
+        # The agent may start before the first enrollment: it creates the inventory
+        # and picks up what is enrolled later.
+        inventory = app.inventory(create=True)  # type: ignore[attr-defined]
     except UserError as exc:
         log.warning("token identities are off: %s; serving software keys only", exc)
         return [], None

@@ -35,12 +35,19 @@ class AppContext:
         """--db, then IDM_DB, then the configuration's `db`, else the default SQLite file."""
         return self.db_option or os.environ.get("IDM_DB") or self.config.db
 
-    def inventory(self) -> Inventory:
+    def inventory(self, *, create: bool = False) -> Inventory:
+        """The inventory, opened on first use.
+
+        A database named by --db, IDM_DB or the configuration's `db` that holds no
+        inventory (a typo) is refused, except by the commands that record identities or
+        authorizations (create=True). The default location is created on first use.
+        """
         if self._inventory is None:
             from idm.identity.inventory.store import InventoryError, open_inventory
 
+            named = self.db_url is not None
             try:
-                self._inventory = open_inventory(self.db_url)
+                self._inventory = open_inventory(self.db_url, create=create or not named)
             except InventoryError as exc:
                 raise UserError(str(exc)) from None
         return self._inventory

@@ -217,7 +217,7 @@ def _with_checker(
     from idm.identity.checker import CertificateChecker, CheckerError
     from idm.validator.errors import MalformedInputError
 
-    inventory = app.inventory()
+    inventory = app.inventory(create=True)
     try:
         checker = CertificateChecker.from_config(
             app.config,

@@ -139,7 +139,7 @@ def allow_command(
         kind, value = "principal", principal.strip()
         if not value or not value.isprintable():
             raise UserError("--principal needs a non-empty printable name")
-    inventory = app.inventory()
+    inventory = app.inventory(create=True)
     if remove:
         changed = inventory.disallow(user, kind, value, command=command_line())
     else:

@@ -46,9 +46,30 @@ def test_list_json_on_empty_inventory_is_valid_json(isolated_home: Path) -> None
 
 
 def test_list_json_on_postgresql(postgres_url: str) -> None:
+    # A named database without an inventory is refused (a typo must not start an empty one)
+    r = idm("--db", postgres_url, "list", "--json")
+    assert r.returncode == 2 and "no inventory at postgresql+psycopg://" in r.stderr
+    assert idm("--db", postgres_url, "db", "upgrade").returncode == 0
     r = idm("--db", postgres_url, "list", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"tokens": [], "certificates": []}
+
+
+def test_a_mistyped_db_is_refused_and_not_created(tmp_path: Path) -> None:
+    real = tmp_path / "inventory.sqlite"
+    assert idm("--db", f"sqlite:///{real}", "db", "upgrade").returncode == 0
+    typo = tmp_path / "inventroy.sqlite"
+    for command in (["list"], ["events"], ["show", "0123456789abcdef"], ["forget", "01234567"],
+                    ["krl", "--output", str(tmp_path / "krl")]):
+        r = idm("--db", f"sqlite:///{typo}", *command)
+        assert r.returncode == 2, command
+        [line] = r.stderr.strip().splitlines()
+        assert line.startswith(f"idm: error: no inventory at {typo}: check --db"), line
+        assert "`idm db upgrade`" in line
+    r = idm("list", env={"IDM_DB": f"sqlite:///{typo}"})
+    assert r.returncode == 2 and "no inventory at" in r.stderr
+    assert not typo.exists()  # nothing was created
+    assert idm("--db", f"sqlite:///{real}", "list").returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -58,7 +79,7 @@ def test_list_json_on_postgresql(postgres_url: str) -> None:
         ("mysql://x/y", "unsupported database 'mysql'"),
         ("postgresql+nosuchdriver://u@127.0.0.1/x", "cannot use database URL"),
         ("postgresql+psycopg://u:secret@127.0.0.1:1/x", "cannot open the inventory"),
-        ("sqlite:////proc/no-such/inv.sqlite", "cannot create the inventory's folder"),
+        ("sqlite:////proc/no-such/inv.sqlite", "no inventory at /proc/no-such/inv.sqlite"),
         ("sqlite:////etc/hostname", "file is not a database"),
     ],
 )
@@ -68,6 +89,13 @@ def test_malformed_db_url_is_one_clear_line_and_exit_2(url: str, message: str) -
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("idm: error: ") and message in lines[0]
     assert "Traceback" not in r.stderr and "secret" not in r.stderr
+
+
+def test_db_upgrade_in_an_uncreatable_folder_is_one_line() -> None:
+    r = idm("--db", "sqlite:////proc/no-such/inv.sqlite", "db", "upgrade")
+    assert r.returncode == 2
+    [line] = r.stderr.strip().splitlines()
+    assert line.startswith("idm: error: cannot create the inventory's folder /proc/no-such")
 
 
 def test_idm_db_environment_variable(tmp_path: Path) -> None:

@@ -701,9 +701,37 @@ class Inventory:
             return [PrincipalRecord(r.username, r.kind, r.value) for r in s.scalars(query)]
 
 
-def open_inventory(url: str | None = None) -> Inventory:
-    """Open (and create or upgrade) the inventory; errors are InventoryError."""
+CREATING_COMMANDS = "`idm db upgrade`, `idm enroll`, `idm import`, `idm allow` and `idm agent`"
+
+
+def _missing(where: str) -> InventoryError:
+    return InventoryError(
+        f"no inventory at {where}: check --db, IDM_DB or `db` in the configuration "
+        f"(only {CREATING_COMMANDS} create one)"
+    )
+
+
+def open_inventory(url: str | None = None, *, create: bool = True) -> Inventory:
+    """Open the inventory, upgrading its schema; errors are InventoryError.
+
+    With ``create=False`` a database that holds no inventory is an error instead of a new
+    empty inventory: a mistyped ``--db sqlite:///PATH`` must not quietly start an empty
+    one (a missing SQLite file is not even created).
+    """
+    url = url or os.environ.get("IDM_DB") or default_db_url()
+    if not create:
+        parsed = _parse_url(url)
+        database = parsed.database
+        if (parsed.get_backend_name() == "sqlite" and database and database != ":memory:"
+                and not database.startswith("file:")
+                and not Path(database).expanduser().exists()):
+            raise _missing(str(Path(database).expanduser()))
     try:
-        return Inventory(url)
+        inventory = Inventory(url, upgrade=False)
+        if not create and inventory.schema_revision() is None:
+            inventory.close()
+            raise _missing(inventory.display_url)
+        inventory.upgrade()
+        return inventory
     except SQLAlchemyError as exc:
         raise InventoryError(f"inventory error: {str(exc).splitlines()[0]}") from None

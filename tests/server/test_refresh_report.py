@@ -112,3 +112,29 @@ def test_refresh_shows_progress_on_a_terminal(tmp_path: Path) -> None:
     assert code == EXIT_UNCHECKED
     assert "could not be checked" in term.output
     inv.close()
+
+
+def test_show_agrees_with_the_status_refresh_set_and_says_utc(tmp_path: Path) -> None:
+    ca = make_sample_ca(tmp_path)
+    cfg, inv = config(tmp_path, ca, "srv", tmp_path / "srv" / "snapshot.sqlite")
+    old_card = "pkcs11:token=old;manufacturer=Acme;model=M;serial=1"
+    new_card = "pkcs11:token=new;manufacturer=Acme;model=M;serial=2"
+    with serving(ca):
+        # enrolled and checked valid on the old card, then superseded by the new card
+        idm("enroll", "--token", old_card, "--cert", str(ca.user("lost")), config=cfg)
+        first = ca.user_cert("lost").read_bytes()
+        ca.user("lost", "--force")
+        (tmp_path / "old.pem").write_bytes(first)
+        idm("enroll", "--token", new_card, "--cert", str(ca.user_cert("lost")), config=cfg)
+        [old] = inv.certificates(status="superseded")
+        assert old.verdict_status == "valid"
+        ca.revoke(tmp_path / "old.pem", reason="keyCompromise")  # the old card was lost
+        idm("refresh", config=cfg)
+    shown = idm("show", old.sha256, config=cfg).stdout
+    assert "Status:       revoked: " in shown
+    assert "Last check:   revoked at " in shown and " UTC" in shown
+    assert "Decided:" in shown and "refresh" in shown.split("Decided:")[1].splitlines()[0]
+    assert "Note:" not in shown
+    events = idm("events", config=cfg).stdout
+    assert events.splitlines()[0].startswith("TIME (UTC)")
+    inv.close()

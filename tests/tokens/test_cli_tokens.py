@@ -19,6 +19,7 @@ def test_tokens_lists_both_modules_with_pin_state(
 ) -> None:
     softhsm.init_token("card-a", pin="1111")
     softhsm_second.init_token("card-b", pin="2222")
+    assert idm("db", "upgrade")[0] == 0
     code, out, err = idm("tokens", "--provider", softhsm_second.module, "--json")
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
