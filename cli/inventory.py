@@ -155,7 +155,7 @@ def _last_check(cert: Any) -> str:
         return "never"
     text = f"{cert.verdict_status} at {cert.verified_at:%Y-%m-%d %H:%M} UTC"
     if cert.fresh_until:
-        text += f", revocation status good until {cert.fresh_until:%Y-%m-%d %H:%M} UTC"
+        text += f", fresh until {cert.fresh_until:%Y-%m-%d %H:%M} UTC"
     return text
 
 
