@@ -33,7 +33,7 @@ def list_command(app: AppContext, as_json: bool, status: str | None, no_scan: bo
     Times are UTC.
     """
     inv = app.inventory()
-    presence = {} if no_scan else _presence(app)
+    presence = {} if no_scan else token_presence(app)
     tokens = inv.tokens()  # after the scan: its states and times
     certs = inv.certificates(status=status)
     if as_json:
@@ -68,7 +68,7 @@ def list_command(app: AppContext, as_json: bool, status: str | None, no_scan: bo
     )
 
 
-def _presence(app: AppContext) -> dict[int, str]:
+def token_presence(app: AppContext) -> dict[int, str]:
     """token id -> yes/no/unknown from one scan of the providers (recorded); {} when the
     providers cannot be asked (a warning says why)."""
     from idm.cli.main import command_line

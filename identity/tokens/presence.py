@@ -2,11 +2,12 @@
 
 `scan_presence()` asks the loaded PKCS#11 providers for their tokens once and answers,
 per inventory token: ``yes`` (in a reader now), ``no`` (its provider is loaded and it is
-not there) or ``unknown`` (its provider is not loaded here, so nothing can be said). What
-it saw is written back: a token found gets ``last_seen`` = now (an absent one becomes
-present, with an event); a token not found becomes ``absent`` (with an event). A retired
-token keeps its state. So the inventory's state is "as last seen", and ``last_seen`` says
-when that was.
+not there) or ``unknown`` (its provider is not loaded here, or it was registered from a
+certificate file with `idm enroll --cert` and no scan has found it yet). What it saw is
+written back: a token found gets ``last_seen`` = now (an absent one becomes present,
+with an event); a token not found becomes ``absent`` (with an event). A retired token
+keeps its state. So the inventory's state is "as last seen", and ``last_seen`` says when
+that was (for a card registered from a file and never seen: when it was registered).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def scan_presence(
         if identity_of(record) in seen:
             present = YES
             inventory.mark_token_seen(record.id, command=command)
-        elif loaded and (record.module_path is None or _real(record.module_path) in loaded):
+        elif record.module_path is not None and _real(record.module_path) in loaded:
             present = NO
             if record.state == "present":
                 inventory.set_token_state(record.id, "absent", command=command)
