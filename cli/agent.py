@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from idm.cli.output import UserError
+from idm.identity.agent.hardening import HardeningError, disable_tracing, raise_open_file_limit
 from idm.identity.agent.identities import IdentitySource, ProviderHook, SocketKind, SoftwareKeyring
 from idm.identity.agent.server import AgentServer, AgentSocketError, default_socket_dir
 
@@ -277,10 +278,19 @@ def agent(
     if kill:
         _kill_agent()
         return
+    # Before anything is read or bound: no key, PIN or client is ever in a dumpable
+    # process (the fork below inherits both settings).
+    try:
+        disable_tracing()
+    except HardeningError as exc:
+        raise UserError(f"cannot protect the agent's memory ({exc.strerror}): not starting") \
+            from None
+    fd_limit = raise_open_file_limit()
     detach = not (foreground or debug)
     # Until it detaches, a daemon says only warnings, on the terminal it was started from.
     _log_to_stderr(debug, quiet=detach)
     log = logging.getLogger("idm.agent")
+    log.debug("not dumpable, no core files; open-file limit %d (each client is one)", fd_limit)
     handler: logging.Handler | None = None
     if detach or log_file is not None:
         try:

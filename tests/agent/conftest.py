@@ -20,6 +20,11 @@ from tests.sshd import sshd_factory  # noqa: F401  (fixture re-export)
 SSH_ADD = shutil.which("ssh-add")
 SSH_KEYGEN = shutil.which("ssh-keygen")
 
+SETPRIV = shutil.which("setpriv")
+NOBODY = 65534
+# Run a command as the unprivileged user `nobody` (tests run as root).
+AS_NOBODY = [SETPRIV or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
 needs_openssh = pytest.mark.skipif(
     SSH_ADD is None or SSH_KEYGEN is None, reason="OpenSSH client tools not installed"
 )
@@ -129,17 +134,21 @@ class IdmAgent:
 
 def start_agent(
     workdir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None,
-    askpass: Askpass | None = None, sock: Path | None = None,
+    askpass: Askpass | None = None, sock: Path | None = None, prefix: Sequence[str] = (),
 ) -> IdmAgent:
-    """Start `idm agent -d -a SOCK ARGS` and wait until it printed its variables."""
+    """Start `idm agent -d -a SOCK ARGS` and wait until it printed its variables.
+
+    ``prefix`` runs it through another program (e.g. setpriv as another user).
+    """
     sock = sock or workdir / "agent.sock"
     full_env = dict(env or os.environ)
     if askpass is not None:
         full_env["SSH_ASKPASS"] = str(askpass.program)
     stderr_path = workdir / "agent.stderr"
     with open(stderr_path, "wb") as err:
-        proc = subprocess.Popen([*AGENT_CMD, "-d", "-a", str(sock), *args], env=full_env,
-                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen([*prefix, *AGENT_CMD, "-d", "-a", str(sock), *args],
+                                env=full_env, stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + GUARD_SECONDS

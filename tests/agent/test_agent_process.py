@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -13,13 +12,20 @@ from pathlib import Path
 import pytest
 
 from tests.agent.client import AgentClient
-from tests.agent.conftest import AGENT_CMD, GUARD_SECONDS, SSH_ADD, IdmAgent, needs_openssh
+from tests.agent.conftest import (
+    AGENT_CMD,
+    AS_NOBODY,
+    GUARD_SECONDS,
+    NOBODY,
+    SETPRIV,
+    SSH_ADD,
+    IdmAgent,
+    needs_openssh,
+)
 
-SETPRIV = shutil.which("setpriv")
 # The other user needs an interpreter it may run (not one under root's home).
 SYSTEM_PYTHON = next((c for c in ("/usr/bin/python3", "/usr/local/bin/python3")
                       if os.access(c, os.X_OK)), None)
-NOBODY = 65534
 
 
 def _mode(path: Path) -> int:
@@ -135,8 +141,7 @@ def test_bad_lifetime_is_rejected() -> None:
 @pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None or SYSTEM_PYTHON is None,
                     reason="needs root, setpriv and a system python3")
 def test_other_uid_is_refused(idm_agent: IdmAgent) -> None:
-    assert SETPRIV is not None
-    as_nobody = [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    as_nobody = AS_NOBODY
     assert SYSTEM_PYTHON is not None
     probe = [SYSTEM_PYTHON, "-c", (
         "import socket,sys\n"
