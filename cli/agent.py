@@ -248,6 +248,9 @@ def _detach() -> None:
 @click.option("--poll-interval", type=click.FloatRange(min=0.1), default=2.0,
               show_default=True, metavar="SECONDS",
               help="How often to look for removed and inserted cards.")
+@click.option("--allow-remote-pkcs11", "allow_remote_pkcs11", is_flag=True, default=None,
+              help="Let forwarded (session-bound) connections load PKCS#11 providers with "
+                   "ssh-add -s (off by default, like ssh-agent's -O allow-remote-pkcs11).")
 @click.option("--refresh-interval", type=click.FloatRange(min=1.0), default=300.0,
               show_default=True, metavar="SECONDS",
               help="Re-validate each certificate at least this often (SIGUSR1: now).")
@@ -268,6 +271,7 @@ def agent(
     poll_interval: float,
     refresh_interval: float,
     log_file: str | None,
+    allow_remote_pkcs11: bool | None,
 ) -> None:
     """Run an SSH agent that serves validated identities (a drop-in for ssh-agent).
 
@@ -324,7 +328,10 @@ def agent(
     )
 
     sources, hook = build_sources(ctx.obj, settings)
-    server = AgentServer(SoftwareKeyring(settings.default_lifetime), sources, hook)
+    if allow_remote_pkcs11 is None:
+        allow_remote_pkcs11 = agent_cfg.allow_remote_pkcs11 if agent_cfg is not None else False
+    server = AgentServer(SoftwareKeyring(settings.default_lifetime), sources, hook,
+                         allow_remote_providers=allow_remote_pkcs11)
     try:
         sock = server.listen(sock, SocketKind.STANDARD)
         if pkix is not None:

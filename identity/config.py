@@ -104,6 +104,7 @@ class AgentSettings:
     socket: Path | None = None
     pkix_socket: Path | None = None
     only: list[str] = field(default_factory=list)
+    allow_remote_pkcs11: bool = False
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """The agent server: UNIX sockets, peer checks, and the request handlers.
 
-One thread per client connection, so a client that stalls mid-message, or a signature
-that waits on a slow token or on a confirmation dialog, holds up only its own
-connection. Listening sockets are checked with SO_PEERCRED: only the agent's own uid
-(and root, as ssh-agent allows) may talk to it.
+Connections are served by one loop over non-blocking sockets
+(:mod:`idm.identity.agent.loop`); requests that may block (a signature on a token, a
+confirmation dialog, a provider, LOCK) run on worker threads, and UNLOCK attempts run
+one at a time behind a global delay that grows with each wrong passphrase (0.1 s per
+failure, up to 10 s, as OpenSSH's ssh-agent). Every connection is checked with
+SO_PEERCRED: only the agent's own uid (and root, as ssh-agent allows) may talk to it.
 
 Library use::
 
@@ -23,7 +25,6 @@ import hashlib
 import hmac
 import logging
 import os
-import selectors
 import shutil
 import socket
 import stat
@@ -33,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,16 +51,14 @@ from idm.identity.agent.identities import (
     SocketKind,
     SoftwareKeyring,
 )
+from idm.identity.agent.loop import ConnectionLoop
 from idm.identity.agent.peer import pkixssh_program
 
-# A client that starts a message must finish it within this many seconds; an idle
-# connection (ssh keeps one open for its whole session) may wait forever.
-BODY_TIMEOUT = 30.0
-MAX_CLIENTS = 256
 MAX_SESSION_BINDS = 16
 ASKPASS_TIMEOUT = 120.0
-RECV_SIZE = 16384  # one recv takes a whole usual request (and any pipelined after it)
 _LOCK_ITERATIONS = 100_000
+UNLOCK_DELAY_STEP = 0.1  # seconds added per failed UNLOCK ...
+UNLOCK_DELAY_MAX = 10.0  # ... up to this (OpenSSH: 100,000 µs per failure, 100 failures)
 
 
 class AgentSocketError(Exception):
@@ -175,12 +175,19 @@ def askpass_confirm(prompt: str) -> bool:
 
 @dataclass
 class ClientState:
-    """Per-connection state: who is connected, on which socket, and its session binds."""
+    """Per-connection state: who is connected, on which socket, and its session binds.
+
+    ``bind_attempted``: the client sent ``session-bind@openssh.com`` (valid or not). As
+    in OpenSSH's ``socket_is_remote()``, such a connection counts as *remote*: ssh
+    binds the connections it forwards from another host (and its own authentication
+    connections); ``ssh-add`` never binds.
+    """
 
     kind: SocketKind
     pid: int
     uid: int
     bindings: list[p.SessionBind] = field(default_factory=list)
+    bind_attempted: bool = False
     hinted: bool = False  # the PKIX-SSH hint was logged for this connection
 
     @property
@@ -188,12 +195,23 @@ class ClientState:
         """How the log names this client."""
         return f"client pid {self.pid} ({self.kind.value} socket)"
 
+    @property
+    def remote(self) -> bool:
+        """True once the client sent a session bind (see the class docstring)."""
+        return self.bind_attempted or bool(self.bindings)
 
-@dataclass
-class _Listener:
-    sock: socket.socket
-    path: Path
-    kind: SocketKind
+    def __str__(self) -> str:
+        return self.label
+
+
+# Requests answered off the connection loop: they may wait on a token, a dialog, a
+# provider or the unlock delay. Everything else is answered on the loop.
+_WORKER_REQUESTS = frozenset({
+    p.SSH_AGENTC_SIGN_REQUEST, p.SSH_AGENTC_ADD_SMARTCARD_KEY,
+    p.SSH_AGENTC_ADD_SMARTCARD_KEY_CONSTRAINED, p.SSH_AGENTC_REMOVE_SMARTCARD_KEY,
+    p.SSH_AGENTC_LOCK,
+})
+WORKERS = 64  # requests in progress at once (a PIN or confirm dialog holds one)
 
 
 class AgentServer:
@@ -201,7 +219,8 @@ class AgentServer:
 
     ``keyring`` holds keys added with ssh-add; ``sources`` are further identity sources
     (the token source); ``provider_hook`` handles ``ssh-add -s/-e``; ``confirm`` asks the
-    user before a confirm-constrained key signs (default: SSH_ASKPASS).
+    user before a confirm-constrained key signs (default: SSH_ASKPASS);
+    ``allow_remote_providers`` lets remote (session-bound) connections load providers.
     """
 
     def __init__(
@@ -210,20 +229,24 @@ class AgentServer:
         sources: Sequence[IdentitySource] = (),
         provider_hook: ProviderHook | None = None,
         confirm: Callable[[str], bool] = askpass_confirm,
+        *,
+        allow_remote_providers: bool = False,
     ) -> None:
         self.keyring = keyring if keyring is not None else SoftwareKeyring()
         self.sources: list[IdentitySource] = [self.keyring, *sources]
         self.provider_hook = provider_hook
         self.confirm = confirm
-        self._listeners: list[_Listener] = []
+        self.allow_remote_providers = allow_remote_providers
         self._state_lock = threading.Lock()
         self._lock_salt: bytes | None = None
         self._lock_hash: bytes | None = None
+        # UNLOCK attempts run one at a time, whichever connection sent them, and a wrong
+        # one sleeps while holding this lock: the delay holds off every guess.
+        self._unlock_lock = threading.Lock()
         self._unlock_failures = 0
-        self._wake_r, self._wake_w = os.pipe()
-        self._stopping = threading.Event()
-        self._clients: set[threading.Thread] = set()
-        self._client_socks: set[socket.socket] = set()
+        self._loop = ConnectionLoop(self._admit, self.handle, self._route)
+        self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="idm-agent-worker")
+        self._unlocks = ThreadPoolExecutor(1, thread_name_prefix="idm-agent-unlock")
 
     # -- sockets ---------------------------------------------------------------------
 
@@ -235,140 +258,56 @@ class AgentServer:
         """
         path = Path(path).absolute()
         sock = bind_agent_socket(path)
-        self._listeners.append(_Listener(sock, path, kind))
+        self._loop.add_listener(sock, path, kind)
         log.info("listening on %s (%s socket)", path, kind.value)
         return path
 
     @property
     def socket_paths(self) -> list[Path]:
         """Paths of the listening sockets, in the order they were added."""
-        return [listener.path for listener in self._listeners]
+        return [listener.path for listener in self._loop.listeners]
 
     def serve_forever(self) -> None:
-        """Accept clients until :meth:`shutdown`; each client runs in its own thread."""
-        with selectors.DefaultSelector() as sel:
-            for listener in self._listeners:
-                sel.register(listener.sock, selectors.EVENT_READ, listener)
-            sel.register(self._wake_r, selectors.EVENT_READ, None)
-            while not self._stopping.is_set():
-                for key, _ in sel.select():
-                    if key.data is None:
-                        os.read(self._wake_r, 64)
-                        continue
-                    self._accept(key.data)
+        """Serve clients until :meth:`shutdown` (see :mod:`idm.identity.agent.loop`)."""
+        self._loop.run()
 
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` (safe from a signal handler or another thread)."""
-        self._stopping.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+        self._loop.stop()
 
     def close(self) -> None:
         """Close the listening sockets, remove their files, drop connected clients."""
-        for listener in self._listeners:
+        for listener in self._loop.listeners:
             listener.sock.close()
             try:
                 if stat.S_ISSOCK(listener.path.lstat().st_mode):
                     listener.path.unlink()
             except OSError:
                 pass
-        self._listeners.clear()
-        with self._state_lock:
-            socks = list(self._client_socks)
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._loop.listeners.clear()
+        self._loop.close()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        self._unlocks.shutdown(wait=False, cancel_futures=True)
 
-    def _accept(self, listener: _Listener) -> None:
-        try:
-            conn, _ = listener.sock.accept()
-        except OSError as exc:
-            log.warning("accept on %s failed: %s", listener.path, exc)
-            return
+    def _admit(self, conn: socket.socket, kind: SocketKind) -> ClientState | None:
+        """The state of a new connection, or None to refuse it (logged)."""
         try:
             pid, uid, _gid = peer_credentials(conn)
         except OSError as exc:
             log.warning("refusing a client: cannot read its credentials (%s)", exc)
-            conn.close()
-            return
+            return None
         if uid not in (os.getuid(), 0):
             log.warning("refusing client pid %d: uid %d is not the agent's user (uid %d)",
                         pid, uid, os.getuid())
-            conn.close()
-            return
-        with self._state_lock:
-            self._clients = {t for t in self._clients if t.is_alive()}
-            if len(self._clients) >= MAX_CLIENTS:
-                log.warning("refusing client pid %d: %d clients already connected",
-                            pid, MAX_CLIENTS)
-                conn.close()
-                return
-            state = ClientState(listener.kind, pid, uid)
-            thread = threading.Thread(
-                target=self._serve_client, args=(conn, state), daemon=True,
-                name=f"idm-agent-client-{pid}",
-            )
-            self._clients.add(thread)
-            self._client_socks.add(conn)
+            return None
+        state = ClientState(kind, pid, uid)
         log.debug("%s connected", state.label)
-        thread.start()
+        return state
 
-    def _serve_client(self, conn: socket.socket, state: ClientState) -> None:
-        # Bytes received and not handled yet. A request usually arrives whole in one recv,
-        # so the idle wait has no timeout to set and reset (fewer system calls per
-        # request); only a message that arrives in pieces is read under BODY_TIMEOUT.
-        pending = b""
-        try:
-            while True:
-                if not pending:
-                    pending = conn.recv(RECV_SIZE)
-                    if not pending:
-                        break
-                if len(pending) < 4:
-                    more = _recv_exact(conn, 4 - len(pending), BODY_TIMEOUT)
-                    if more is None:
-                        log.warning("%s closed or stalled in the middle of a message",
-                                    state.label)
-                        break
-                    pending += more
-                (length,) = struct.unpack_from(">I", pending)
-                if length > p.MAX_MESSAGE_SIZE:
-                    # OpenSSH closes here too: the stream cannot be resynchronised.
-                    log.warning("%s sent a %d-byte message (limit %d): closing",
-                                state.label, length, p.MAX_MESSAGE_SIZE)
-                    conn.sendall(p.Failure().encode())
-                    break
-                if length == 0:
-                    log.warning("%s sent an empty message", state.label)
-                    conn.sendall(p.Failure().encode())
-                    pending = pending[4:]
-                    continue
-                end = 4 + length
-                if len(pending) < end:
-                    more = _recv_exact(conn, end - len(pending), BODY_TIMEOUT)
-                    if more is None:
-                        log.warning("%s closed or stalled in the middle of a message",
-                                    state.label)
-                        break
-                    pending += more
-                body, pending = pending[4:end], pending[end:]
-                conn.sendall(self.handle(body, state))
-        except OSError as exc:
-            log.debug("%s: connection error: %s", state.label, exc)
-        finally:
-            with self._state_lock:
-                self._client_socks.discard(conn)
-            conn.close()
-            log.debug("%s disconnected", state.label)
+    def _route(self, body: bytes) -> ThreadPoolExecutor | None:
+        if body[:1] == bytes([p.SSH_AGENTC_UNLOCK]):
+            return self._unlocks
+        return self._workers if body[:1] and body[0] in _WORKER_REQUESTS else None
 
     # -- requests --------------------------------------------------------------------
 
@@ -443,7 +382,7 @@ class AgentServer:
         if program is None:
             return
         state.hinted = True
-        pkix = [str(x.path) for x in self._listeners if x.kind is SocketKind.PKIX]
+        pkix = [str(x.path) for x in self._loop.listeners if x.data is SocketKind.PKIX]
         where = (f"SSH_AUTH_SOCK={pkix[0]}" if pkix
                  else "start the agent with --pkix-socket PATH and use that PATH")
         log.warning("%s runs PKIX-SSH (%s), which rejects this socket's list as a whole "
@@ -544,6 +483,15 @@ class AgentServer:
             log.warning("%s: ssh-add -s/-e %s refused: this agent has no token support "
                         "configured", state.label, req.provider)
             return p.Failure()
+        if isinstance(req, p.AddSmartcardKey) and state.remote \
+                and not self.allow_remote_providers:
+            # CVE-2023-38408: a forwarded agent must not let a remote host's root pick
+            # libraries for this machine to load (OpenSSH: -O allow-remote-pkcs11).
+            log.warning("%s: ssh-add -s %s refused: the connection is session-bound "
+                        "(forwarded or used by ssh), and loading providers from such "
+                        "connections is off (idm agent --allow-remote-pkcs11 turns it on)",
+                        state.label, req.provider)
+            return p.Failure()
         try:
             if isinstance(req, p.AddSmartcardKey):
                 self.provider_hook.load_provider(req.provider, req.pin, req.constraints)
@@ -567,36 +515,39 @@ class AgentServer:
             if self._lock_hash is not None:
                 return p.Failure()
             self._lock_salt, self._lock_hash = salt, digest
-            self._unlock_failures = 0
         for source in self.sources:
             source.on_lock()
         log.info("%s: agent locked", state.label)
         return p.Success()
 
     def _unlock(self, req: p.Unlock, state: ClientState) -> p.Response:
-        with self._state_lock:
-            salt, expected = self._lock_salt, self._lock_hash
-        if salt is None or expected is None:
-            log.warning("%s: unlock refused: the agent is not locked", state.label)
-            return p.Failure()
-        if hmac.compare_digest(self._hash_passphrase(salt, req.passphrase), expected):
+        # One attempt at a time from every connection; a wrong passphrase sleeps while
+        # holding the lock, so the delay holds off every other guess too (ssh-agent gets
+        # the same from its single thread). Success answers at once and resets the count.
+        with self._unlock_lock:
             with self._state_lock:
-                self._lock_salt = self._lock_hash = None
+                salt, expected = self._lock_salt, self._lock_hash
+            if salt is None or expected is None:
+                log.warning("%s: unlock refused: the agent is not locked", state.label)
+                return p.Failure()
+            if hmac.compare_digest(self._hash_passphrase(salt, req.passphrase), expected):
+                with self._state_lock:
+                    self._lock_salt = self._lock_hash = None
                 self._unlock_failures = 0
-            log.info("%s: agent unlocked", state.label)
-            return p.Success()
-        with self._state_lock:
+                log.info("%s: agent unlocked", state.label)
+                return p.Success()
             self._unlock_failures += 1
-            failures = self._unlock_failures
-        log.warning("%s: unlock refused: wrong passphrase (attempt %d)", state.label, failures)
-        # Slow down guessing; this only delays the guessing client's own thread.
-        time.sleep(min(0.1 * failures, 1.0))
+            delay = min(UNLOCK_DELAY_STEP * self._unlock_failures, UNLOCK_DELAY_MAX)
+            log.warning("%s: unlock refused: wrong passphrase (failure %d; every unlock "
+                        "waits %.1f s)", state.label, self._unlock_failures, delay)
+            time.sleep(delay)
         return p.Failure()
 
     def _extension(self, req: p.Extension, state: ClientState) -> p.Response:
         if req.name != p.SESSION_BIND:
             log.info("%s: extension %s is not supported", state.label, req.name)
             return p.Failure()
+        state.bind_attempted = True  # remote from now on, even if the bind fails
         try:
             bind = req.session_bind()
             w.verify_signature(bind.host_key, bind.session_id, bind.signature)
@@ -615,21 +566,3 @@ class AgentServer:
                   w.fingerprint_sha256(bind.host_key), " (forwarded)" if bind.forwarding else "")
         return p.Success()
 
-
-def _recv_exact(conn: socket.socket, n: int, timeout: float | None) -> bytes | None:
-    """Read exactly ``n`` bytes; None on EOF or (with a timeout) a stalled peer."""
-    conn.settimeout(timeout)
-    chunks: list[bytes] = []
-    remaining = n
-    try:
-        while remaining:
-            chunk = conn.recv(min(remaining, 65536))
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            remaining -= len(chunk)
-    except TimeoutError:
-        return None
-    finally:
-        conn.settimeout(None)
-    return b"".join(chunks)

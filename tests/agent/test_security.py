@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,8 +25,18 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from idm.identity import sshwire as w
+from idm.identity.agent import protocol as p
 from idm.identity.display import printable
-from tests.agent.conftest import AS_NOBODY, NOBODY, SETPRIV, SSH_ADD, make_key, start_agent
+from tests.agent.client import AgentClient
+from tests.agent.conftest import (
+    AS_NOBODY,
+    NOBODY,
+    SETPRIV,
+    SSH_ADD,
+    IdmAgent,
+    make_key,
+    start_agent,
+)
 from tests.agent.tokenworld import GUARD, Agent, World
 
 # ------------------------------------------------------------------ comments
@@ -151,3 +166,114 @@ def test_agent_memory_is_not_readable_by_its_own_user(tmp_path: Path) -> None:
         bystander.wait()
         agent.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ many connections
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + GUARD
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+HELD = 1000
+
+
+def test_held_and_dripping_connections_never_lock_out_a_new_client(idm_agent: IdmAgent) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < HELD + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * HELD), hard))
+    with AgentClient(idm_agent.sock) as c:
+        assert c.identities() == []
+        baseline = _open_fds(idm_agent.pid) - 1  # without this connection
+    _wait_until(lambda: _open_fds(idm_agent.pid) == baseline, "the first client to go")
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def drip(sock: socket.socket) -> None:
+        # a message that never ends: one byte of it every 0.1 s
+        sock.sendall(struct.pack(">I", 1000))
+        while not stop.wait(0.1):
+            try:
+                sock.sendall(b"\x0d")
+            except OSError:
+                return
+
+    drippers = []
+    try:
+        for i in range(HELD):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(idm_agent.sock))
+            if i % 100 == 0:  # a few stalled in the middle of a message ...
+                s.sendall(b"\x00\x00\x00\x20\x0d")
+            held.append(s)
+        for s in held[1:200:20]:  # ... and a few sending a byte at a time
+            t = threading.Thread(target=drip, args=(s,), daemon=True)
+            t.start()
+            drippers.append(t)
+        _wait_until(lambda: _open_fds(idm_agent.pid) >= baseline + HELD,
+                    f"the agent to hold {HELD} connections")
+
+        # a new client is served (the time is reported; bench/agent_idle.py measures it)
+        started = time.monotonic()
+        listed = idm_agent.ssh_add("-l")
+        took = time.monotonic() - started
+        assert listed.returncode == 1 and "no identities" in listed.stdout, listed
+        print(f"ssh-add -l with {HELD} connections held: {took * 1000:.0f} ms")
+        with AgentClient(idm_agent.sock) as c:
+            assert c.identities() == []
+    finally:
+        stop.set()
+        for t in drippers:
+            t.join(GUARD)
+        for s in held:
+            s.close()
+    # every descriptor is given back
+    _wait_until(lambda: _open_fds(idm_agent.pid) == baseline,
+                f"the agent's descriptors to return to {baseline}")
+    with AgentClient(idm_agent.sock) as c:
+        assert c.identities() == []
+
+
+
+# ------------------------------------------------------------------ unlock guessing
+
+
+def test_parallel_unlock_guesses_wait_for_one_global_delay(idm_agent: IdmAgent) -> None:
+    guesses = 5
+    with AgentClient(idm_agent.sock) as c:
+        assert isinstance(c.request(p.Lock(b"correct horse")), p.Success)
+    clients = [AgentClient(idm_agent.sock) for _ in range(guesses)]
+    answers: list[p.Response] = []
+    barrier = threading.Barrier(guesses)
+
+    def guess(c: AgentClient, i: int) -> None:
+        barrier.wait()
+        answers.append(c.request(p.Unlock(b"guess %d" % i)))
+
+    threads = [threading.Thread(target=guess, args=(c, i)) for i, c in enumerate(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(GUARD)
+    took = time.monotonic() - started
+    for c in clients:
+        c.close()
+    assert len(answers) == guesses and all(isinstance(a, p.Failure) for a in answers)
+    # 0.1 s more per failure, and one guess at a time from every connection: the guesses
+    # took at least 0.1 + 0.2 + ... + 0.5 s (in parallel, per-connection delays: 0.5 s)
+    assert took >= sum(0.1 * n for n in range(1, guesses + 1)) - 0.05, took
+    # the passphrase still works, and the agent serves again
+    with AgentClient(idm_agent.sock) as c:
+        assert isinstance(c.request(p.Unlock(b"correct horse")), p.Success)
+        assert c.identities() == []
+    assert "failure 5; every unlock waits 0.5 s" in idm_agent.log()
