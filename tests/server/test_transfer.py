@@ -251,3 +251,21 @@ def test_a_replaced_card_imported_retires_the_old_one_on_the_server(world: World
     assert report["superseded"] == [first]
     shown = world.server.idm("show", first[:16]).stdout
     assert "superseded" in shown and "ivy-card-2" in shown
+
+
+@pytest.mark.postgres
+def test_client_enrollment_reaches_the_server_through_a_shared_postgresql(
+    world: World, postgres_url: str
+) -> None:
+    """The other supported way: client and server name the same PostgreSQL inventory
+    (each keeps its own configuration and trust anchors); no file moves."""
+    world.client.db = world.server.db = postgres_url
+    world.client.idm("db", "upgrade")
+    sshd = world.start_sshd()
+    token = world.client.new_card("judy-card", "judy")
+    world.server.idm("allow", sshd.user, "--principal", "judy@example.org")
+    refreshed = world.server.idm("refresh")
+    assert "judy" in refreshed.stdout, refreshed.stdout
+    r = world.login(token)
+    assert r.returncode == 0 and r.stdout.strip() == "logged-in", (
+        r.stderr + world.install.log_text()[-2000:])
