@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("demo: run as root (sshd and its AuthorizedKeysCommand need it); "
-              "`sudo make demo`", file=sys.stderr)
+              "run `make demo` as root", file=sys.stderr)
         return 2
     demo = Demo(args.workdir.resolve())
 
