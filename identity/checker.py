@@ -65,8 +65,13 @@ def policy_from_config(config: Config, **overrides: object) -> Policy:
         client_ekus=tuple(v.client_ekus),
         revocation=r.policy,
         budget_seconds=v.budget_seconds,
+        time_limit=v.time_limit,
         max_intermediates=v.max_intermediates,
         max_pool=v.max_pool,
+        min_rsa_bits=v.min_rsa_bits,
+        curves=tuple(v.curves),
+        allow_dsa=v.allow_dsa,
+        allow_sha1=v.allow_sha1,
         ocsp_url=r.ocsp_url or None,
         ocsp_max_age=r.ocsp_max_age,
         offline=r.offline,
@@ -80,6 +85,7 @@ def fetcher_from_config(config: Config) -> Fetcher:
     return Fetcher(
         connect_timeout=r.connect_timeout,
         read_timeout=r.read_timeout,
+        fetch_timeout=r.fetch_timeout,
         crl_max_bytes=r.crl_max_bytes,
         ocsp_max_bytes=r.ocsp_max_bytes,
     )
@@ -180,7 +186,7 @@ def certificate_record(
 
     from idm.identity import sshwire
     from idm.identity.inventory.store import CertificateRecord
-    from idm.validator.chain import is_self_signed
+    from idm.validator.signatures import is_self_signed
 
     cert = (
         certificate

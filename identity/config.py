@@ -70,8 +70,13 @@ class ValidationSettings:
         ]
     )
     budget_seconds: float = 5.0
+    time_limit: float = 30.0
     max_intermediates: int = 8
     max_pool: int = 64
+    min_rsa_bits: int = 2048
+    curves: list[str] = field(default_factory=lambda: ["secp256r1", "secp384r1", "secp521r1"])
+    allow_dsa: bool = False
+    allow_sha1: bool = False
 
 
 @dataclass
@@ -83,6 +88,7 @@ class RevocationSettings:
     ocsp_url: str | None = None
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
+    fetch_timeout: float = 30.0
     crl_max_bytes: int = 100 * 1024 * 1024
     ocsp_max_bytes: int = 64 * 1024
     ocsp_max_age: int = 86400
@@ -189,6 +195,13 @@ def _check(config: Config) -> None:
         raise ConfigError(
             f"[validation] purpose: {config.validation.purpose!r} is not one of "
             + ", ".join(PURPOSES)
+        )
+    from idm.validator.policy import CURVES  # standard library only, like this module
+
+    bad = [c for c in config.validation.curves if c not in CURVES]
+    if bad:
+        raise ConfigError(
+            f"[validation] curves: unknown curve {bad[0]!r} (curves: {', '.join(CURVES)})"
         )
     unknown = [r for r in config.server.mapping if r not in MAPPING_RULES]
     if unknown:

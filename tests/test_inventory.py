@@ -170,24 +170,21 @@ def test_revocation_store_holds_a_crl_once_and_finds_serials(inv: Inventory) -> 
         "cd" * 32,
         "http://127.0.0.1/crl",
         3,
+        issuer_name="12" * 16,
     )
     entries = [
-        (2**159 + 1, now - timedelta(days=2), "key_compromise"),
-        (42, now - timedelta(days=1), None),
-        (43, now + timedelta(days=1), None),
+        (2**159 + 1, now - timedelta(days=2), "key_compromise", None),
+        (42, now - timedelta(days=1), None, None),
     ]
     store.store_crl(info, iter(entries))
     store.store_crl(info, iter(entries))  # already held: a no-op
-    assert store.crl_known("ab" * 32, 5) == info
+    assert store.crl_known("ab" * 32, "", 5) == info
     assert store.crl_by_sha256("cd" * 32) == info
-    assert store.current_crls("ab" * 32, now) == [info]
-    assert store.current_crls("ab" * 32, now + timedelta(days=2)) == []
-    hit = store.revoked("ab" * 32, 2**159 + 1, now)
-    assert hit is not None and hit.reason == "key_compromise" and hit.crl_number == 5
-    assert hit.revoked_at == now - timedelta(days=2)
-    assert store.revoked("ab" * 32, 42, now) is not None
-    assert store.revoked("ab" * 32, 43, now) is None  # revoked only in the future
-    assert store.revoked("ef" * 32, 42, now) is None  # another issuer
+    assert store.crls_named("12" * 16) == [info]
+    (hit,) = store.crl_entries(["cd" * 32], 2**159 + 1)
+    assert hit.reason == "key_compromise" and hit.revoked_at == now - timedelta(days=2)
+    assert len(store.crl_entries(["cd" * 32], 42)) == 1
+    assert store.crl_entries(["ef" * 32], 42) == []  # another CRL
 
 
 def test_revocation_store_keeps_the_newest_ocsp_response(inv: Inventory) -> None:

@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from idm.validator import verdict as v
+from idm.validator.names import name_key
+from idm.validator.policy import Policy
+from idm.validator.signatures import is_self_signed, signed_by
 
 
 class BudgetExceeded(Exception):
@@ -39,20 +42,6 @@ class BudgetExceeded(Exception):
 
 def fingerprint(cert: x509.Certificate) -> bytes:
     return cert.fingerprint(hashes.SHA256())
-
-
-def is_self_signed(cert: x509.Certificate) -> bool:
-    """True when the certificate names itself as issuer and its own key verifies it."""
-    return cert.issuer == cert.subject and signed_by(cert, cert)
-
-
-def signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    """True when `parent` names and signs `child` (no other checks)."""
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -77,12 +66,13 @@ class PathBuilder:
     ) -> None:
         self.max_intermediates = max_intermediates
         self.deadline = deadline
-        self._anchors: dict[bytes, list[x509.Certificate]] = {}
+        # Indexed by subject as RFC 5280 §7.1 compares names (idm.validator.names).
+        self._anchors: dict[str, list[x509.Certificate]] = {}
         for a in anchors:
-            self._anchors.setdefault(a.subject.public_bytes(), []).append(a)
-        self._pool: dict[bytes, list[x509.Certificate]] = {}
+            self._anchors.setdefault(name_key(a.subject), []).append(a)
+        self._pool: dict[str, list[x509.Certificate]] = {}
         for c in pool:
-            self._pool.setdefault(c.subject.public_bytes(), []).append(c)
+            self._pool.setdefault(name_key(c.subject), []).append(c)
         self._sig: dict[tuple[bytes, bytes], bool] = {}
 
     def _signed(self, child: x509.Certificate, parent: x509.Certificate) -> bool:
@@ -104,7 +94,7 @@ class PathBuilder:
     ) -> Iterator[list[x509.Certificate]]:
         self._tick()
         tip = path[-1]
-        issuer = tip.issuer.public_bytes()
+        issuer = name_key(tip.issuer)
         for anchor in self._anchors.get(issuer, ()):
             self._tick()
             if self._signed(tip, anchor):
@@ -131,24 +121,67 @@ def _run_async(coro_factory: object) -> object:
         return pool.submit(lambda: asyncio.run(coro_factory())).result()  # type: ignore[operator]
 
 
+def _anchor_qualifiers(anchor: object) -> object:
+    """What the trust anchor's own certificate constrains (RFC 5937): its nameConstraints,
+    policyConstraints and inhibitAnyPolicy set the path's initial inputs, and its
+    pathLenConstraint caps the path. Its certificatePolicies are not made required."""
+    from pyhanko_certvalidator.authority import TrustQualifiers
+    from pyhanko_certvalidator.name_trees import process_general_subtrees
+    from pyhanko_certvalidator.policy_decl import PKIXValidationParams
+
+    cert = anchor
+    permitted = excluded = None
+    nc = cert.name_constraints_value  # type: ignore[attr-defined]
+    if nc is not None:
+        if nc["permitted_subtrees"].native is not None:
+            permitted = process_general_subtrees(nc["permitted_subtrees"])
+        if nc["excluded_subtrees"].native is not None:
+            excluded = process_general_subtrees(nc["excluded_subtrees"])
+    pc = cert.policy_constraints_value  # type: ignore[attr-defined]
+    explicit = pc is not None and pc["require_explicit_policy"].native == 0
+    no_mapping = pc is not None and pc["inhibit_policy_mapping"].native == 0
+    iap = cert.inhibit_any_policy_value  # type: ignore[attr-defined]
+    no_any = iap is not None and iap.native == 0
+    params = None
+    if permitted is not None or excluded is not None or explicit or no_mapping or no_any:
+        params = PKIXValidationParams(
+            initial_explicit_policy=explicit,
+            initial_policy_mapping_inhibit=no_mapping,
+            initial_any_policy_inhibit=no_any,
+            initial_permitted_subtrees=permitted,
+            initial_excluded_subtrees=excluded,
+        )
+    return TrustQualifiers(
+        max_path_length=cert.max_path_length,  # type: ignore[attr-defined]
+        standard_parameters=params,
+    )
+
+
 def _pyhanko_validate(path: list[x509.Certificate], at: datetime) -> tuple[str, str] | None:
-    """RFC 5280 validation of one complete path; None if valid, else (status, reason)."""
+    """RFC 5280 validation of one complete path; None if valid, else (status, reason).
+
+    Never raises: whatever the libraries throw on hostile input is a refusal that says so.
+    """
     from asn1crypto import x509 as ax509
     from pyhanko_certvalidator import ValidationContext, errors
     from pyhanko_certvalidator.authority import CertTrustAnchor
     from pyhanko_certvalidator.path import ValidationPath
     from pyhanko_certvalidator.validate import async_validate_path
 
-    conv = [ax509.Certificate.load(c.public_bytes(Encoding.DER)) for c in path]
-    anchor = conv[-1]
-    context = ValidationContext(
-        trust_roots=[anchor],
-        moment=at,
-        allow_fetching=False,
-        revocation_mode="none",
-        time_tolerance=timedelta(0),
-    )
-    vpath = ValidationPath(CertTrustAnchor(anchor), list(reversed(conv[1:-1])), conv[0])
+    try:
+        conv = [ax509.Certificate.load(c.public_bytes(Encoding.DER)) for c in path]
+        anchor = conv[-1]
+        trust = CertTrustAnchor(anchor, quals=_anchor_qualifiers(anchor))  # type: ignore[arg-type]
+        context = ValidationContext(
+            trust_roots=[trust],
+            moment=at,
+            allow_fetching=False,
+            revocation_mode="none",
+            time_tolerance=timedelta(0),
+        )
+        vpath = ValidationPath(trust, list(reversed(conv[1:-1])), conv[0])
+    except Exception as e:  # noqa: BLE001 - hostile input must become a verdict
+        return v.MALFORMED, f"certificate could not be parsed for path validation: {_one_line(e)}"
 
     async def go() -> None:
         await async_validate_path(context, vpath)
@@ -166,7 +199,41 @@ def _pyhanko_validate(path: list[x509.Certificate], at: datetime) -> tuple[str, 
     except (errors.ValidationError, errors.PathError) as e:
         return v.INVALID_PATH, _clean(str(e))
     except ValueError as e:  # asn1crypto choking on an odd extension deep inside
-        return v.MALFORMED, f"certificate could not be parsed for path validation: {e}"
+        return v.MALFORMED, f"certificate could not be parsed for path validation: {_one_line(e)}"
+    except Exception as e:  # noqa: BLE001 - e.g. name trees failing on an odd constraint
+        return v.INVALID_PATH, f"path could not be validated: {_one_line(e)}"
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:200]
+
+
+def path_policy_problem(path: Sequence[x509.Certificate], policy: Policy) -> str | None:
+    """Why the key policy refuses the path (leaf first, anchor last), or None.
+
+    Every key is checked, the anchor's too (it signs the next certificate); every
+    signature below the anchor is checked for its hash.
+    """
+    for i, cert in enumerate(path):
+        who = v.subject_text(cert)
+        try:
+            key = cert.public_key()
+        except (ValueError, UnsupportedAlgorithm) as e:
+            return f"key of {who} cannot be used ({_one_line(e)}); explicit curve parameters "\
+                "and unknown key types are refused"
+        problem = policy.key_problem(key)
+        if problem:
+            return f"{who}: {problem}"
+        if i < len(path) - 1:
+            try:
+                algorithm = cert.signature_hash_algorithm
+            except UnsupportedAlgorithm:
+                algorithm = None
+            problem = policy.hash_problem(algorithm.name if algorithm else None, who)
+            if problem:
+                return problem
     return None
 
 
@@ -199,13 +266,18 @@ def validate_chain(
     anchors: Sequence[x509.Certificate],
     *,
     at: datetime | None = None,
-    max_intermediates: int = 8,
-    max_pool: int = 64,
-    budget_seconds: float = 5.0,
+    policy: Policy | None = None,
+    deadline: float | None = None,
     max_paths: int = 16,
 ) -> PathOutcome:
-    """Find a valid path from `leaf` to one of `anchors` (see the module docstring)."""
+    """Find a valid path from `leaf` to one of `anchors` (see the module docstring).
+
+    `policy` gives the caps and the key policy; `deadline` (a `time.monotonic()` value,
+    default now + the policy's budget) bounds the work.
+    """
     at = at or datetime.now(UTC)
+    policy = policy or Policy()
+    max_intermediates, max_pool = policy.max_intermediates, policy.max_pool
     warnings: list[str] = []
     if not anchors:
         return PathOutcome(v.UNTRUSTED, "no trust anchors configured", (leaf,))
@@ -217,19 +289,24 @@ def validate_chain(
             bad = _validity_problem(leaf, at)
             if bad:
                 return PathOutcome(bad[0], bad[1], (leaf,))
+            refusal = path_policy_problem([leaf], policy)
+            if refusal:
+                return PathOutcome(v.INVALID_PATH, refusal, (leaf,))
             return PathOutcome(v.VALID, "certificate is itself a trust anchor", (leaf,))
     pool = [c for c in intermediates if fingerprint(c) != leaf_fp]
     if len(pool) > max_pool:
         warnings.append(f"only the first {max_pool} of {len(pool)} untrusted certificates used")
         pool = pool[:max_pool]
-    deadline = time.monotonic() + budget_seconds
+    if deadline is None:
+        deadline = time.monotonic() + policy.budget_seconds
     builder = PathBuilder(anchors, pool, max_intermediates, deadline)
     failures: list[tuple[str, str, list[x509.Certificate]]] = []
     try:
         for n, path in enumerate(builder.paths(leaf)):
             if n >= max_paths:
                 break
-            problem = _pyhanko_validate(path, at)
+            refused = path_policy_problem(path, policy)
+            problem = (v.INVALID_PATH, refused) if refused else _pyhanko_validate(path, at)
             if problem is None:
                 return PathOutcome(v.VALID, "path validated", tuple(path), tuple(warnings))
             failures.append((problem[0], problem[1], path))
@@ -238,7 +315,7 @@ def validate_chain(
     except BudgetExceeded:
         return PathOutcome(
             v.INVALID_PATH,
-            f"validation budget of {budget_seconds:g} s exceeded",
+            f"validation budget of {policy.budget_seconds:g} s exceeded",
             (leaf,),
             tuple(warnings),
         )

@@ -38,13 +38,14 @@ from idm.validator.revocation.check import (
     RevocationCheck,
     revocation_verdict,
 )
+from idm.validator.revocation.scope import DistPoint
 from idm.validator.revocation.store import RevocationStore
 from idm.validator.verdict import Verdict
 
 if TYPE_CHECKING:
     from cryptography import x509
 
-_VERSION = "idm-path-1"
+_VERSION = "idm-path-2"
 
 
 @runtime_checkable
@@ -98,10 +99,7 @@ class PathRecord:
             {
                 "chain_sha256": self.chain_sha256,
                 "chain_subjects": self.chain_subjects,
-                "facts": [
-                    [f.subject, format(f.serial, "x"), f.issuer_key, f.crl_urls, f.ocsp_urls]
-                    for f in self.facts
-                ],
+                "facts": [_facts_json(f) for f in self.facts],
                 "leaf_issuer": self.leaf_issuer,
                 "leaf_serial": format(self.leaf_serial, "x"),
                 "ssh_identity": self.ssh_identity,
@@ -117,9 +115,7 @@ class PathRecord:
         return cls(
             chain_sha256=tuple(d["chain_sha256"]),
             chain_subjects=tuple(d["chain_subjects"]),
-            facts=tuple(
-                CertFacts(s, int(n, 16), k, tuple(c), tuple(o)) for s, n, k, c, o in d["facts"]
-            ),
+            facts=tuple(_facts_from_json(f) for f in d["facts"]),
             leaf_issuer=d["leaf_issuer"],
             leaf_serial=int(d["leaf_serial"], 16),
             ssh_identity=d["ssh_identity"],
@@ -127,6 +123,17 @@ class PathRecord:
             valid_from=datetime.fromisoformat(d["valid_from"]),
             valid_until=datetime.fromisoformat(d["valid_until"]),
         )
+
+
+def _facts_json(f: CertFacts) -> list[Any]:
+    return [f.subject, format(f.serial, "x"), f.issuer_key, f.crl_urls, f.ocsp_urls,
+            f.issuer_name, f.is_ca, [dp.to_json() for dp in f.dps], f.issuer_crl_sign]
+
+
+def _facts_from_json(d: list[Any]) -> CertFacts:
+    subject, serial, key, crls, ocsps, name, ca, dps, crl_sign = d
+    return CertFacts(subject, int(serial, 16), key, tuple(crls), tuple(ocsps), name, bool(ca),
+                     tuple(DistPoint.from_json(dp) for dp in dps), bool(crl_sign))
 
 
 def record_for(
@@ -244,7 +251,7 @@ def express(
         info = crls.crl_by_sha256(sha)
         if info is None:
             return None  # a CRL never seen: it must be parsed and checked
-        check.supplied_issuers.add(info.issuer_key)
+        check.supplied.add(info.issuer_name)
     warnings = list(record.warnings)
 
     def make(status: str, reason: str, **kw: Any) -> Verdict:

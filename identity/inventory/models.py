@@ -105,10 +105,15 @@ class Certificate(Base):
 
 
 class Crl(Base):
-    """A CRL whose signature was checked once; its entries live in revoked_serials."""
+    """A usable CRL whose signature was checked once; its entries live in revoked_serials.
+
+    `issuer_key` is the signer (subject and key), `issuer_name` the CRL's issuer field as
+    idm.validator.names compares names, `scope` its issuingDistributionPoint and
+    deltaCRLIndicator as text (idm.validator.revocation.scope).
+    """
 
     __tablename__ = "crls"
-    __table_args__ = (UniqueConstraint("issuer_key", "crl_number"),)
+    __table_args__ = (UniqueConstraint("issuer_key", "scope", "crl_number"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     issuer_key: Mapped[str] = mapped_column(String(128), index=True)
@@ -116,7 +121,9 @@ class Crl(Base):
     this_update: Mapped[datetime] = mapped_column(UtcDateTime)
     next_update: Mapped[datetime | None] = mapped_column(UtcDateTime)
     source: Mapped[str | None] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True, unique=True)
+    issuer_name: Mapped[str] = mapped_column(String(64), index=True)
+    scope: Mapped[str] = mapped_column(Text, default="", server_default="")
     entries: Mapped[int] = mapped_column(Integer, default=0)
     fetched_at: Mapped[datetime] = mapped_column(UtcDateTime)
     # The CRL's DER while its serials await indexing (see revocation.py), then NULL.
@@ -140,6 +147,8 @@ class RevokedSerial(Base):
     serial: Mapped[bytes] = mapped_column(LargeBinary)
     revoked_at: Mapped[str] = mapped_column(String(14))
     reason: Mapped[int | None] = mapped_column(SmallInteger)
+    # For an entry of an indirect CRL about another issuer than the CRL's: its name key.
+    cert_issuer: Mapped[str | None] = mapped_column(String(64))
 
 
 class ValidatedPath(Base):
@@ -157,6 +166,8 @@ class ValidatedPath(Base):
     valid_from: Mapped[datetime] = mapped_column(UtcDateTime)
     valid_until: Mapped[datetime] = mapped_column(UtcDateTime)
     record: Mapped[str] = mapped_column(Text)
+    # HMAC of key and record under the writing user's private key (inventory/revocation.py)
+    mac: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 

@@ -28,29 +28,55 @@ indexes every pending CRL and exits.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import sqlite3
+import stat
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from idm.validator.revocation.store import CrlInfo, OcspRecord, RevokedEntry
+from idm.validator.revocation.store import CrlInfo, Entry, OcspRecord, RevokedEntry
 
 if TYPE_CHECKING:
     from idm.identity.inventory.store import Inventory
 
 # The newest migration in migrations/versions (store.py re-exports it; tests check it
 # against Alembic's head). Here so that the light SQLite path can check it.
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _BATCH = 50_000
-_CRL_COLUMNS = "issuer_key, crl_number, this_update, next_update, sha256, source, entries"
+_CRL_COLUMNS = (
+    "issuer_key, crl_number, this_update, next_update, sha256, source, entries, issuer_name, "
+    "scope"
+)
+
+
+def _der_rows(crl_id: int, der: bytes) -> Iterator[tuple[Any, ...]]:
+    """`revoked_serials` rows of a checked direct CRL: the fast DER walker, else
+    `cryptography`'s iteration (for what the walker does not read)."""
+    from idm.validator.revocation.crlder import raw_entries
+
+    try:
+        raw = raw_entries(der)
+    except (ValueError, IndexError):
+        from idm.validator.revocation.crl import store_entries
+        from idm.validator.revocation.crlder import REASON_CODES, serial_bytes, time_text
+
+        for serial, when, reason, _ in store_entries(der):
+            code = None if reason is None else REASON_CODES.get(reason, 0)
+            yield crl_id, serial_bytes(serial), time_text(when), code, None
+        return
+    for serial_content, when_text, code in raw:
+        yield crl_id, serial_content, when_text, code, None
 
 
 def _hex(n: int) -> str:
@@ -196,7 +222,7 @@ class SqlRevocationStore:
                 cur.close()
 
     def _crl_info(self, row: tuple[Any, ...]) -> CrlInfo:
-        issuer_key, number, this_update, next_update, sha256, source, entries = row
+        issuer_key, number, this_update, next_update, sha256, source, entries, name, scope = row
         return CrlInfo(
             issuer_key=issuer_key,
             crl_number=_int(number),
@@ -205,6 +231,8 @@ class SqlRevocationStore:
             sha256=sha256,
             source=source or "",
             entries=entries,
+            issuer_name=name,
+            scope=scope or "",
         )
 
     def _one_crl(self, where: str, *args: Any) -> CrlInfo | None:
@@ -215,31 +243,31 @@ class SqlRevocationStore:
 
     # -- CRLs -------------------------------------------------------------------------------
 
-    def crl_known(self, issuer_key: str, crl_number: int) -> CrlInfo | None:
+    def crl_known(self, issuer_key: str, scope: str, crl_number: int) -> CrlInfo | None:
         for info, _ in self._deferred.values():
-            if info.issuer_key == issuer_key and info.crl_number == crl_number:
+            if (info.issuer_key, info.scope, info.crl_number) == (issuer_key, scope, crl_number):
                 return info
-        return self._one_crl("issuer_key = ? AND crl_number = ?", issuer_key, _hex(crl_number))
+        return self._one_crl(
+            "issuer_key = ? AND scope = ? AND crl_number = ?", issuer_key, scope, _hex(crl_number)
+        )
 
     def crl_by_sha256(self, sha256: str) -> CrlInfo | None:
         if sha256 in self._deferred:
             return self._deferred[sha256][0]
         return self._one_crl("sha256 = ?", sha256)
 
-    def store_crl(
-        self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]
-    ) -> None:
+    def store_crl(self, info: CrlInfo, entries: Iterable[Entry]) -> None:
         from idm.validator.revocation.crlder import REASON_CODES, serial_bytes, time_text
 
         def rows(crl_id: int) -> Iterator[tuple[Any, ...]]:
-            for serial, revoked_at, reason in revoked:
+            for serial, revoked_at, reason, cert_issuer in entries:
                 code = None if reason is None else REASON_CODES.get(reason, 0)
-                yield crl_id, serial_bytes(serial), time_text(revoked_at), code
+                yield crl_id, serial_bytes(serial), time_text(revoked_at), code, cert_issuer
 
         self._store(info, None, rows)
 
     def store_crl_der(self, info: CrlInfo, der: bytes) -> None:
-        """Keep a checked CRL given as DER; index it now, or later for a large one.
+        """Keep a checked direct CRL given as DER; index it now, or later for a large one.
 
         Later means: held in this store's memory (every query of this store sees it) and
         written with its index by `finish_deferred()`, in the background.
@@ -248,38 +276,25 @@ class SqlRevocationStore:
         if defer:
             if info.sha256 in self._deferred or self.crl_by_sha256(info.sha256) is not None:
                 return
-            if info.crl_number is not None and self.crl_known(info.issuer_key, info.crl_number):
+            if info.crl_number is not None and self.crl_known(
+                info.issuer_key, info.scope, info.crl_number
+            ):
                 return
             self._deferred[info.sha256] = (info, der)
             self._ders[info.sha256] = der
             self.pending = True
             return
-        from idm.validator.revocation.crlder import raw_entries
-
-        try:
-            raw = raw_entries(der)
-        except (ValueError, IndexError):
-            # Something the fast walker does not read: let `cryptography` iterate.
-            from idm.validator.revocation.crl import _entries, load_crl
-
-            self.store_crl(info, _entries(load_crl(der)))
-            return
-        self._store(info, None, lambda crl_id: ((crl_id, s, t, r) for s, t, r in raw))
+        self._store(info, None, lambda crl_id: _der_rows(crl_id, der))
 
     def _store(self, info: CrlInfo, der: bytes | None, rows: Any) -> bool:
-        """Insert the CRL row (and its entries when `rows` is given); False if held."""
+        """Insert the CRL row (and its entries when `rows` is given); False if held.
+
+        Race-free: the row goes in with INSERT … ON CONFLICT DO NOTHING (the sha256 and the
+        (signer, scope, number) are unique), so two processes storing the same CRL at once
+        both succeed and only one writes its entries.
+        """
         fetched = datetime.now(UTC)
         with self._tx(write=True) as cur:
-            cur.execute(self._sql("SELECT id FROM crls WHERE sha256 = ?"), (info.sha256,))
-            held = cur.fetchone()
-            if held is None and info.crl_number is not None:
-                cur.execute(
-                    self._sql("SELECT id FROM crls WHERE issuer_key = ? AND crl_number = ?"),
-                    (info.issuer_key, _hex(info.crl_number)),
-                )
-                held = cur.fetchone()
-            if held is not None:
-                return False
             values = (
                 info.issuer_key,
                 None if info.crl_number is None else _hex(info.crl_number),
@@ -291,25 +306,32 @@ class SqlRevocationStore:
                 self._time(fetched),
                 der,
                 rows is not None,
+                info.issuer_name,
+                info.scope,
             )
-            insert = (
-                "INSERT INTO crls (issuer_key, crl_number, this_update, next_update, source, "
-                "sha256, entries, fetched_at, der, indexed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            )
-            if self._db.dialect == "sqlite":
-                cur.execute(insert, values)
-                crl_id = cur.lastrowid
-            else:
-                cur.execute(self._sql(insert) + " RETURNING id", values)
-                crl_id = cur.fetchone()[0]
-            # Older CRLs of this issuer that have expired are superseded by this one (CRLs
-            # are cumulative): drop them and their entries so the tables do not grow daily.
             cur.execute(
                 self._sql(
-                    "SELECT id FROM crls WHERE issuer_key = ? AND id != ? AND next_update < ? "
-                    "AND this_update < ?"
+                    "INSERT INTO crls (issuer_key, crl_number, this_update, next_update, source, "
+                    "sha256, entries, fetched_at, der, indexed, issuer_name, scope) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING "
+                    "RETURNING id"
                 ),
-                (info.issuer_key, crl_id, self._time(fetched), self._time(info.this_update)),
+                values,
+            )
+            row = cur.fetchone()
+            if row is None:
+                return False  # held already (or stored by another process just now)
+            crl_id = row[0]
+            # Older CRLs of this signer and scope that have expired are superseded by this
+            # one (CRLs are cumulative): drop them and their entries so the tables do not
+            # grow daily.
+            cur.execute(
+                self._sql(
+                    "SELECT id FROM crls WHERE issuer_key = ? AND scope = ? AND id != ? "
+                    "AND next_update < ? AND this_update < ?"
+                ),
+                (info.issuer_key, info.scope, crl_id, self._time(fetched),
+                 self._time(info.this_update)),
             )
             for (stale,) in cur.fetchall():
                 cur.execute(self._sql("DELETE FROM revoked_serials WHERE crl_id = ?"), (stale,))
@@ -320,7 +342,8 @@ class SqlRevocationStore:
 
     def _insert_rows(self, cur: Any, rows: Iterable[tuple[Any, ...]]) -> None:
         sql = self._sql(
-            "INSERT INTO revoked_serials (crl_id, serial, revoked_at, reason) VALUES (?, ?, ?, ?)"
+            "INSERT INTO revoked_serials (crl_id, serial, revoked_at, reason, cert_issuer) "
+            "VALUES (?, ?, ?, ?, ?)"
         )
         batch: list[tuple[Any, ...]] = []
         for row in rows:
@@ -333,8 +356,6 @@ class SqlRevocationStore:
 
     def index_pending(self) -> int:
         """Index every CRL held as DER only; returns how many. Safe to run concurrently."""
-        from idm.validator.revocation.crlder import raw_entries
-
         done = 0
         while True:
             with self._tx() as cur:
@@ -352,25 +373,7 @@ class SqlRevocationStore:
                 if row is None or row[1]:
                     continue  # dropped, or another indexer finished it
                 der = bytes(row[0])
-                try:
-                    raw = raw_entries(der)
-                except (ValueError, IndexError):
-                    from idm.validator.revocation.crl import _entries, load_crl
-                    from idm.validator.revocation.crlder import (
-                        REASON_CODES,
-                        serial_bytes,
-                        time_text,
-                    )
-
-                    raw = [
-                        (
-                            serial_bytes(s),
-                            time_text(t),
-                            None if r is None else REASON_CODES.get(r, 0),
-                        )
-                        for s, t, r in _entries(load_crl(der))
-                    ]
-                self._insert_rows(cur, ((crl_id, s, t, r) for s, t, r in raw))
+                self._insert_rows(cur, _der_rows(crl_id, der))
                 cur.execute(
                     self._sql("UPDATE crls SET indexed = ?, der = NULL WHERE id = ?"),
                     (True, crl_id),
@@ -412,65 +415,45 @@ class SqlRevocationStore:
             cur.execute(self._sql("SELECT COUNT(*) FROM crls WHERE indexed = ?"), (False,))
             return int(cur.fetchone()[0])
 
-    def current_crls(self, issuer_key: str, at: datetime) -> list[CrlInfo]:
-        held = [
-            i
-            for i, _ in self._deferred.values()
-            if i.issuer_key == issuer_key
-            and i.next_update is not None
-            and i.this_update <= at <= i.next_update
-        ]
-        if held:
-            return sorted(held, key=lambda i: i.this_update, reverse=True) + [
-                i for i in self._current_crls(issuer_key, at) if i.sha256 not in self._deferred
-            ]
-        return self._current_crls(issuer_key, at)
+    def crls_named(self, issuer_name: str) -> list[CrlInfo]:
+        with self._tx() as cur:
+            cur.execute(
+                self._sql(f"SELECT {_CRL_COLUMNS} FROM crls WHERE issuer_name = ?"),
+                (issuer_name,),
+            )
+            held = [self._crl_info(r) for r in cur.fetchall()]
+        held = [i for i in held if i.sha256 not in self._deferred]
+        return held + [i for i, _ in self._deferred.values() if i.issuer_name == issuer_name]
 
-    def _current_crls(self, issuer_key: str, at: datetime) -> list[CrlInfo]:
+    def crl_entries(self, crl_sha256s: Sequence[str], serial: int) -> list[RevokedEntry]:
+        from idm.validator.revocation.crlder import REASON_NAMES, parse_time_text, serial_bytes
+
+        if not crl_sha256s:
+            return []
+        found: list[RevokedEntry] = []
+        marks = ", ".join("?" for _ in crl_sha256s)
         with self._tx() as cur:
             cur.execute(
                 self._sql(
-                    f"SELECT {_CRL_COLUMNS} FROM crls WHERE issuer_key = ? AND this_update <= ? "
-                    "AND next_update IS NOT NULL AND next_update >= ? ORDER BY this_update DESC"
+                    "SELECT c.sha256, r.revoked_at, r.reason, r.cert_issuer FROM crls c "
+                    f"JOIN revoked_serials r ON r.crl_id = c.id WHERE c.sha256 IN ({marks}) "
+                    "AND r.serial = ?"
                 ),
-                (issuer_key, self._time(at), self._time(at)),
+                (*crl_sha256s, serial_bytes(serial)),
             )
-            return [self._crl_info(r) for r in cur.fetchall()]
-
-    def revoked(self, issuer_key: str, serial: int, at: datetime) -> RevokedEntry | None:
-        from idm.validator.revocation.crlder import (
-            REASON_NAMES,
-            parse_time_text,
-            serial_bytes,
-            time_text,
-        )
-
-        found: list[tuple[datetime, str | None, int | None, str]] = []
-        with self._tx() as cur:
-            cur.execute(
-                self._sql(
-                    "SELECT r.revoked_at, r.reason, c.crl_number, c.sha256 FROM crls c "
-                    "JOIN revoked_serials r ON r.crl_id = c.id "
-                    "WHERE c.issuer_key = ? AND r.serial = ? AND r.revoked_at <= ?"
-                ),
-                (issuer_key, serial_bytes(serial), time_text(at)),
-            )
-            for when, reason, number, sha in cur.fetchall():
+            for sha, when, reason, cert_issuer in cur.fetchall():
                 name = None if reason is None else REASON_NAMES.get(reason, "unspecified")
-                found.append((parse_time_text(when), name, _int(number), sha))
+                found.append(RevokedEntry(sha, serial, parse_time_text(when), name, cert_issuer))
             cur.execute(
-                self._sql(
-                    "SELECT crl_number, sha256 FROM crls WHERE issuer_key = ? AND indexed = ?"
-                ),
-                (issuer_key, False),
+                self._sql(f"SELECT sha256 FROM crls WHERE sha256 IN ({marks}) AND indexed = ?"),
+                (*crl_sha256s, False),
             )
-            unindexed = cur.fetchall()
-            unindexed += [
-                (None if i.crl_number is None else _hex(i.crl_number), sha)
-                for sha, (i, _) in self._deferred.items()
-                if i.issuer_key == issuer_key
-            ]
-            for number, sha in unindexed:
+            unindexed = [row[0] for row in cur.fetchall()]
+            unindexed += [sha for sha in crl_sha256s if sha in self._deferred]
+            indexed = {e.crl_sha256 for e in found}
+            for sha in dict.fromkeys(unindexed):
+                if sha in indexed:
+                    continue  # indexed since this store kept it in memory
                 der = self._ders.get(sha)
                 if der is None:
                     cur.execute(self._sql("SELECT der FROM crls WHERE sha256 = ?"), (sha,))
@@ -478,57 +461,47 @@ class SqlRevocationStore:
                     if row is None or row[0] is None:
                         continue  # indexed meanwhile: the query above saw it
                     der = bytes(row[0])
-                from idm.validator.revocation.crl import lookup_der
+                from idm.validator.revocation.crl import lookup_der  # needs cryptography
 
                 hit = lookup_der(der, serial)
-                if hit is not None and hit[0] <= at:
-                    found.append((hit[0], hit[1], _int(number), sha))
-        if not found:
-            return None
-        when, reason, number, sha = min(found, key=lambda f: f[0])
-        return RevokedEntry(issuer_key, serial, when, reason, number, sha)
+                if hit is not None:
+                    when, reason = hit
+                    found.append(RevokedEntry(sha, serial, when, reason))  # type: ignore[arg-type]
+        return found
 
     # -- OCSP -------------------------------------------------------------------------------
 
     def store_ocsp(self, record: OcspRecord) -> None:
+        values = (
+            record.issuer_key,
+            _hex(record.serial),
+            record.status,
+            self._time(record.revoked_at),
+            record.reason,
+            self._time(record.this_update),
+            self._time(record.next_update),
+            self._time(record.produced_at),
+            record.url,
+            record.response_der,
+            self._time(datetime.now(UTC)),
+        )
+        # One statement, race-free: a newer response replaces the held one, an older one
+        # changes nothing.
         with self._tx(write=True) as cur:
             cur.execute(
-                self._sql("SELECT id, this_update FROM ocsp_responses WHERE issuer_key = ? "
-                          "AND serial = ?"),
-                (record.issuer_key, _hex(record.serial)),
+                self._sql(
+                    "INSERT INTO ocsp_responses (issuer_key, serial, status, revoked_at, reason, "
+                    "this_update, next_update, produced_at, url, der, fetched_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (issuer_key, serial) DO UPDATE SET status = excluded.status, "
+                    "revoked_at = excluded.revoked_at, reason = excluded.reason, "
+                    "this_update = excluded.this_update, next_update = excluded.next_update, "
+                    "produced_at = excluded.produced_at, url = excluded.url, der = excluded.der, "
+                    "fetched_at = excluded.fetched_at "
+                    "WHERE excluded.this_update >= ocsp_responses.this_update"
+                ),
+                values,
             )
-            row = cur.fetchone()
-            if row is not None and self._read_time(row[1]) > record.this_update:  # type: ignore[operator]
-                return
-            values = (
-                record.status,
-                self._time(record.revoked_at),
-                record.reason,
-                self._time(record.this_update),
-                self._time(record.next_update),
-                self._time(record.produced_at),
-                record.url,
-                record.response_der,
-                self._time(datetime.now(UTC)),
-            )
-            if row is None:
-                cur.execute(
-                    self._sql(
-                        "INSERT INTO ocsp_responses (status, revoked_at, reason, this_update, "
-                        "next_update, produced_at, url, der, fetched_at, issuer_key, serial) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    ),
-                    (*values, record.issuer_key, _hex(record.serial)),
-                )
-            else:
-                cur.execute(
-                    self._sql(
-                        "UPDATE ocsp_responses SET status = ?, revoked_at = ?, reason = ?, "
-                        "this_update = ?, next_update = ?, produced_at = ?, url = ?, der = ?, "
-                        "fetched_at = ? WHERE id = ?"
-                    ),
-                    (*values, row[0]),
-                )
 
     def ocsp(self, issuer_key: str, serial: int, at: datetime) -> OcspRecord | None:
         with self._tx() as cur:
@@ -561,35 +534,96 @@ class SqlRevocationStore:
         )
 
     # -- validated paths (idm.validator.memo.PathMemo) --------------------------------------
+    #
+    # A remembered path is a claim that a certificate chains to an anchor; anyone who can
+    # write the inventory (in a fleet, every enrolling client) could plant one. So each
+    # record carries an HMAC under a key private to this user on this machine
+    # (`path_cache_key`), and a record without a valid one is ignored: the path is then
+    # simply validated again (and re-saved under this user's key).
+
+    def _mac(self, key: str, record: str) -> str | None:
+        secret = path_cache_key()
+        if secret is None:
+            return None
+        return hmac.new(secret, f"{key}\n{record}".encode(), hashlib.sha256).hexdigest()
 
     def load_path(self, key: str, at: datetime) -> str | None:
         with self._tx() as cur:
             cur.execute(
                 self._sql(
-                    "SELECT record FROM validated_paths WHERE key = ? AND valid_from <= ? "
+                    "SELECT record, mac FROM validated_paths WHERE key = ? AND valid_from <= ? "
                     "AND valid_until >= ?"
                 ),
                 (key, self._time(at), self._time(at)),
             )
             row = cur.fetchone()
-        return row[0] if row else None
+        if row is None:
+            return None
+        record, mac = row
+        expected = self._mac(key, record)
+        if expected is None or not mac or not hmac.compare_digest(expected, mac):
+            return None
+        return str(record)
 
     def save_path(self, key: str, valid_from: datetime, valid_until: datetime, record: str) -> None:
+        mac = self._mac(key, record)
+        if mac is None:
+            return  # no private key to vouch for it: remember nothing
         now = datetime.now(UTC)
         with self._tx(write=True) as cur:
             # Expired paths are of no further use (a validation "at" a past time then
             # simply validates again).
             cur.execute(
-                self._sql("DELETE FROM validated_paths WHERE key = ? OR valid_until < ?"),
-                (key, self._time(now)),
+                self._sql("DELETE FROM validated_paths WHERE valid_until < ?"), (self._time(now),)
             )
             cur.execute(
                 self._sql(
-                    "INSERT INTO validated_paths (key, valid_from, valid_until, record, "
-                    "created_at) VALUES (?, ?, ?, ?, ?)"
+                    "INSERT INTO validated_paths (key, valid_from, valid_until, record, mac, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+                    "valid_from = excluded.valid_from, valid_until = excluded.valid_until, "
+                    "record = excluded.record, mac = excluded.mac, created_at = excluded.created_at"
                 ),
-                (key, self._time(valid_from), self._time(valid_until), record, self._time(now)),
+                (key, self._time(valid_from), self._time(valid_until), record, mac,
+                 self._time(now)),
             )
+
+
+_PATH_KEY: list[bytes | None] = []
+
+
+def path_cache_key() -> bytes | None:
+    """This user's secret for the path cache's HMACs, created on first use (0600, in the
+    data folder, ``path-cache.key``); None when it can be neither read nor created (the
+    path cache is then not used)."""
+    if _PATH_KEY:
+        return _PATH_KEY[0]
+    from idm.identity.config import default_data_dir
+
+    path = default_data_dir() / "path-cache.key"
+    secret: bytes | None = None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077:
+                data = f.read(64)
+                secret = data if len(data) == 32 else None
+    except FileNotFoundError:
+        secret = secrets.token_bytes(32)
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(secret)
+        except FileExistsError:
+            _PATH_KEY.clear()
+            return path_cache_key()  # another process made it first: use theirs
+        except OSError:
+            secret = None
+    except OSError:
+        secret = None
+    _PATH_KEY[:] = [secret]
+    return secret
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -702,27 +736,17 @@ def _spawn_detached(
 
 
 def _info_json(info: CrlInfo) -> dict[str, Any]:
-    return {
-        "issuer_key": info.issuer_key,
-        "crl_number": info.crl_number,
-        "this_update": info.this_update.isoformat(),
-        "next_update": info.next_update.isoformat() if info.next_update else None,
-        "sha256": info.sha256,
-        "source": info.source,
-        "entries": info.entries,
-    }
+    d = dataclasses.asdict(info)
+    d["this_update"] = info.this_update.isoformat()
+    d["next_update"] = info.next_update.isoformat() if info.next_update else None
+    return d
 
 
 def _info_from_json(d: dict[str, Any]) -> CrlInfo:
-    return CrlInfo(
-        issuer_key=d["issuer_key"],
-        crl_number=d["crl_number"],
-        this_update=datetime.fromisoformat(d["this_update"]),
-        next_update=datetime.fromisoformat(d["next_update"]) if d["next_update"] else None,
-        sha256=d["sha256"],
-        source=d["source"],
-        entries=d["entries"],
-    )
+    d = dict(d)
+    d["this_update"] = datetime.fromisoformat(d["this_update"])
+    d["next_update"] = datetime.fromisoformat(d["next_update"]) if d["next_update"] else None
+    return CrlInfo(**d)
 
 
 def main() -> int:

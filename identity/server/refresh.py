@@ -32,7 +32,7 @@ import fcntl
 import hashlib
 import os
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -58,7 +58,13 @@ from idm.identity.server.snapshot import (
     write_snapshot,
 )
 from idm.validator import verdict as v
-from idm.validator.revocation.store import CrlInfo, OcspRecord, RevocationStore, RevokedEntry
+from idm.validator.revocation.store import (
+    CrlInfo,
+    Entry,
+    OcspRecord,
+    RevocationStore,
+    RevokedEntry,
+)
 
 DENIED_STATUSES = ("revoked", "superseded", "rejected", "expired")
 
@@ -79,7 +85,9 @@ class FreshFirstStore:
 
     The validator answers from its cache first; wrapping the cache like this makes it ask
     the OCSP responder / CRL distribution point again, while everything learned during
-    this run (and every revoked serial ever seen) still counts. Writes go through.
+    this run still counts. A CRL held from before the run still counts for what it lists
+    (revocation is final) but not as current status: it is shown without its nextUpdate,
+    which the validator reads as "never current". Writes go through.
     """
 
     def __init__(self, inner: RevocationStore) -> None:
@@ -87,27 +95,29 @@ class FreshFirstStore:
         self.seen_crls: set[str] = set()
         self.fresh_ocsp: set[tuple[str, int]] = set()
 
-    def crl_known(self, issuer_key: str, crl_number: int) -> CrlInfo | None:
-        info = self.inner.crl_known(issuer_key, crl_number)
+    def _seen(self, info: CrlInfo | None) -> CrlInfo | None:
         if info is not None:
             self.seen_crls.add(info.sha256)
         return info
+
+    def crl_known(self, issuer_key: str, scope: str, crl_number: int) -> CrlInfo | None:
+        return self._seen(self.inner.crl_known(issuer_key, scope, crl_number))
 
     def crl_by_sha256(self, sha256: str) -> CrlInfo | None:
-        info = self.inner.crl_by_sha256(sha256)
-        if info is not None:
-            self.seen_crls.add(info.sha256)
-        return info
+        return self._seen(self.inner.crl_by_sha256(sha256))
 
-    def store_crl(self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]) -> None:
-        self.inner.store_crl(info, revoked)
+    def store_crl(self, info: CrlInfo, entries: Iterable[Entry]) -> None:
+        self.inner.store_crl(info, entries)
         self.seen_crls.add(info.sha256)
 
-    def current_crls(self, issuer_key: str, at: datetime) -> list[CrlInfo]:
-        return [c for c in self.inner.current_crls(issuer_key, at) if c.sha256 in self.seen_crls]
+    def crls_named(self, issuer_name: str) -> list[CrlInfo]:
+        return [
+            c if c.sha256 in self.seen_crls else replace(c, next_update=None)
+            for c in self.inner.crls_named(issuer_name)
+        ]
 
-    def revoked(self, issuer_key: str, serial: int, at: datetime) -> RevokedEntry | None:
-        return self.inner.revoked(issuer_key, serial, at)
+    def crl_entries(self, crl_sha256s: Sequence[str], serial: int) -> list[RevokedEntry]:
+        return self.inner.crl_entries(crl_sha256s, serial)
 
     def store_ocsp(self, record: OcspRecord) -> None:
         self.inner.store_ocsp(record)

@@ -14,7 +14,7 @@ applied in full: under hard-fail, status that cannot be had refuses the login.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,7 @@ from idm.identity.server.mapping import Explicit, Mapper, MappingError, read_pri
 from idm.identity.server.snapshot import Snapshot, comment_for, expiry_epoch, key_digest
 from idm.validator.revocation.store import (
     CrlInfo,
+    Entry,
     MemoryRevocationStore,
     OcspRecord,
     RevocationStore,
@@ -45,20 +46,20 @@ class _TolerantStore:
         except Exception:  # noqa: BLE001 - the cache is an optimisation, never a decider
             return default
 
-    def crl_known(self, issuer_key: str, crl_number: int) -> CrlInfo | None:
-        return self._try("crl_known", issuer_key, crl_number)
+    def crl_known(self, issuer_key: str, scope: str, crl_number: int) -> CrlInfo | None:
+        return self._try("crl_known", issuer_key, scope, crl_number)
 
     def crl_by_sha256(self, sha256: str) -> CrlInfo | None:
         return self._try("crl_by_sha256", sha256)
 
-    def store_crl(self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]) -> None:
-        self._try("store_crl", info, revoked)
+    def store_crl(self, info: CrlInfo, entries: Iterable[Entry]) -> None:
+        self._try("store_crl", info, entries)
 
-    def current_crls(self, issuer_key: str, at: datetime) -> list[CrlInfo]:
-        return list(self._try("current_crls", issuer_key, at, default=[]))
+    def crls_named(self, issuer_name: str) -> list[CrlInfo]:
+        return list(self._try("crls_named", issuer_name, default=[]))
 
-    def revoked(self, issuer_key: str, serial: int, at: datetime) -> RevokedEntry | None:
-        return self._try("revoked", issuer_key, serial, at)
+    def crl_entries(self, crl_sha256s: Sequence[str], serial: int) -> list[RevokedEntry]:
+        return list(self._try("crl_entries", crl_sha256s, serial, default=[]))
 
     def store_ocsp(self, record: OcspRecord) -> None:
         self._try("store_ocsp", record)

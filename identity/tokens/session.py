@@ -75,7 +75,7 @@ from idm.identity.tokens.errors import (
 )
 from idm.identity.tokens.pin import PinProvider, PinRequest, PinState
 from idm.identity.tokens.uri import Pkcs11Uri, TokenIdentity
-from idm.validator.chain import is_self_signed
+from idm.validator.signatures import is_self_signed
 
 CKF_WRITE_PROTECTED = 0x00000002
 CKF_TOKEN_INITIALIZED = 0x00000400

@@ -201,14 +201,24 @@ def test_revocation_date_after_at_is_not_yet_revoked():
     assert before.status == "valid"
 
 
-def test_crl_signed_by_wrong_key_is_ignored_with_warning():
+def test_forged_crl_at_hand_makes_status_unknown():
+    """A CRL for the issuer that no known key signed is not used, but it is at hand:
+    the issuer publishes CRLs, so status is needed, and there is none (fail closed)."""
     root, inter, leaf = make_pki()
-    inter.revoke(leaf.cert)
     forged = inter.crl(key=make_cert("x", None).key)
     v = validate(
         leaf.cert, anchors=[root.cert], intermediates=[inter.cert], crls=[forged], policy=OFF
     )
     assert v.status == "valid"
-    v = validate(leaf.cert, anchors=[root.cert], intermediates=[inter.cert], crls=[forged])
-    assert v.status == "valid"  # hard-fail: no source named, no trustworthy CRL at hand
-    assert any("not signed by any known CA" in w for w in v.warnings)
+    v = validate(leaf.cert, anchors=[root.cert], intermediates=[inter.cert],
+                 crls=[forged, root.crl()])
+    assert v.status == "revocation-unknown"
+    assert "not signed by any known CA" in v.reason and "alice" in v.reason
+    soft = validate(leaf.cert, anchors=[root.cert], intermediates=[inter.cert],
+                    crls=[forged, root.crl()], policy=Policy(revocation="soft-fail"))
+    assert soft.status == "valid" and any("not signed by any known CA" in w
+                                          for w in soft.warnings)
+    # A good CRL beside the forged one gives the status.
+    good = validate(leaf.cert, anchors=[root.cert], intermediates=[inter.cert],
+                    crls=[forged, inter.crl(), root.crl()])
+    assert good.status == "valid", good.reason

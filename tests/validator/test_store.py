@@ -31,36 +31,49 @@ def store(request, tmp_path):
         inv.close()
 
 
-def _crl(number, this_update, next_update, sha, issuer="aa" * 32):
-    return CrlInfo(issuer, number, this_update, next_update, sha, "test", 2)
+def _crl(number, this_update, next_update, sha, issuer="aa" * 32, scope=""):
+    return CrlInfo(issuer, number, this_update, next_update, sha, "test", 2, "nn" * 16, scope)
 
 
 def test_protocol(store):
     assert isinstance(store, RevocationStore)
 
 
-def test_crls_and_revoked_serials(store):
+def test_crls_and_their_entries(store):
     k = "aa" * 32
     old = _crl(1, NOW - 48 * H, NOW - 24 * H, "01" * 32)
     cur = _crl(2, NOW - H, NOW + 24 * H, "02" * 32)
-    store.store_crl(old, [(5, NOW - 72 * H, None), (7, NOW - 60 * H, "key_compromise")])
-    store.store_crl(cur, iter([(5, NOW - 70 * H, None), (9, NOW + H, None)]))
-    store.store_crl(cur, [(11, NOW - H, None)])  # already held: a no-op
+    store.store_crl(old, [(5, NOW - 72 * H, None, None), (7, NOW - 60 * H, "key_compromise", None)])
+    store.store_crl(cur, iter([(5, NOW - 70 * H, None, None), (9, NOW + H, None, "ii" * 16)]))
+    store.store_crl(cur, [(11, NOW - H, None, None)])  # already held: a no-op
     assert store.crl_by_sha256("02" * 32).crl_number == 2
-    assert store.crl_known(k, 2).sha256 == "02" * 32
-    assert store.crl_known(k, 3) is None
-    assert [c.crl_number for c in store.current_crls(k, NOW)] == [2]
-    assert store.current_crls(k, NOW + 48 * H) == []
-    assert store.current_crls("bb" * 32, NOW) == []
-    hit = store.revoked(k, 5, NOW)
-    assert hit is not None and hit.revoked_at == NOW - 72 * H  # the earliest listing
-    assert store.revoked(k, 9, NOW) is None  # revoked after `at`
-    assert store.revoked(k, 9, NOW + 2 * H) is not None
-    assert store.revoked(k, 11, NOW) is None
-    assert store.revoked("bb" * 32, 5, NOW) is None
+    assert store.crl_known(k, "", 2).sha256 == "02" * 32
+    assert store.crl_known(k, "", 3) is None
+    assert store.crl_known(k, "other scope", 2) is None
+    assert sorted(c.crl_number for c in store.crls_named("nn" * 16)) == [1, 2]
+    assert store.crls_named("zz" * 16) == []
+    both = store.crl_entries(["01" * 32, "02" * 32], 5)
+    assert sorted((e.crl_sha256, e.revoked_at) for e in both) == [
+        ("01" * 32, NOW - 72 * H), ("02" * 32, NOW - 70 * H)]
+    (nine,) = store.crl_entries(["02" * 32], 9)
+    assert nine.cert_issuer == "ii" * 16 and nine.reason is None
+    assert store.crl_entries(["01" * 32], 9) == []
+    assert store.crl_entries(["02" * 32], 11) == []
+    assert store.crl_entries([], 5) == []
     big = 2**159 + 12345  # 20-octet serials must round-trip
-    store.store_crl(_crl(3, NOW, NOW + H, "03" * 32), [(big, NOW - H, None)])
-    assert store.revoked(k, big, NOW).serial == big
+    store.store_crl(_crl(3, NOW, NOW + H, "03" * 32), [(big, NOW - H, None, None)])
+    assert store.crl_entries(["03" * 32], big)[0].serial == big
+    neg = -1  # PKITS 4.4.14/15: negative serials round-trip too
+    store.store_crl(_crl(4, NOW, NOW + H, "04" * 32), [(neg, NOW - H, "key_compromise", None)])
+    assert store.crl_entries(["04" * 32], neg)[0].reason == "key_compromise"
+
+
+def test_same_number_other_scope_is_another_crl(store):
+    a = _crl(1, NOW - H, NOW + H, "05" * 32, scope="")
+    b = _crl(1, NOW - H, NOW + H, "06" * 32, scope='{"s":"x","d":null}')
+    store.store_crl(a, [])
+    store.store_crl(b, [(3, NOW - H, None, None)])
+    assert {c.sha256 for c in store.crls_named("nn" * 16)} == {"05" * 32, "06" * 32}
 
 
 def test_ocsp_records(store):

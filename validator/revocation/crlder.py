@@ -74,14 +74,9 @@ def _der_time(tag: int, raw: bytes, cache: dict[bytes, str]) -> str:
     return text
 
 
-def raw_entries(der: bytes) -> list[tuple[bytes, str, int | None]]:
-    """The revoked entries of a DER CRL as (serial content bytes, YYYYMMDDHHMMSS, reason).
-
-    A small DER walker over revokedCertificates: `cryptography` builds a Python object
-    per entry (about 1 s for 200,000 entries with their extensions); this reads the bytes
-    in place. Only for a CRL whose signature was already checked. Raises ValueError on
-    anything it does not expect (the caller then uses `cryptography`'s iteration).
-    """
+def revoked_list_bounds(der: bytes) -> tuple[int, int]:
+    """(start, end) of the revokedCertificates contents in a DER CRL ((i, i) when it has
+    none); ValueError when the structure is not what a CRL looks like."""
     end = len(der)
     _, i, end = der_header(der, 0, end)  # CertificateList
     _, i, tbs_end = der_header(der, i, end)  # TBSCertList
@@ -93,8 +88,20 @@ def raw_entries(der: bytes) -> list[tuple[bytes, str, int | None]]:
     if i < tbs_end and der[i] in (0x17, 0x18):  # nextUpdate
         _, _, i = der_header(der, i, tbs_end)
     if i >= tbs_end or der[i] != 0x30:
-        return []  # no revokedCertificates (only crlExtensions [0] may follow)
+        return i, i  # no revokedCertificates (only crlExtensions [0] may follow)
     _, i, list_end = der_header(der, i, tbs_end)
+    return i, list_end
+
+
+def raw_entries(der: bytes) -> list[tuple[bytes, str, int | None]]:
+    """The revoked entries of a DER CRL as (serial content bytes, YYYYMMDDHHMMSS, reason).
+
+    A small DER walker over revokedCertificates: `cryptography` builds a Python object
+    per entry (about 1 s for 200,000 entries with their extensions); this reads the bytes
+    in place. Only for a CRL whose signature was already checked. Raises ValueError on
+    anything it does not expect (the caller then uses `cryptography`'s iteration).
+    """
+    i, list_end = revoked_list_bounds(der)
     rows: list[tuple[bytes, str, int | None]] = []
     times: dict[bytes, str] = {}
     append = rows.append

@@ -8,10 +8,12 @@ indexed table, OCSP responses), and `MemoryRevocationStore` serves tests and
 
 Conventions shared by every method:
 
-- An issuer is named by an *issuer key*: `issuer_key(cert)`, the hex SHA-256 of the
-  issuing CA certificate's subject DER followed by its SubjectPublicKeyInfo DER. Name and
-  key together, so a re-keyed CA with the same name gets a separate key, and a CRL is only
-  ever filed under the CA whose key verified its signature.
+- A CA certificate is named by an *issuer key*: `ca_key(cert)`, the hex SHA-256 of its
+  subject's `name_key` followed by its SubjectPublicKeyInfo DER. Name and key together,
+  so a re-keyed CA with the same name gets a separate key; a CRL is filed under the key
+  that verified its signature and, separately, under the name in its issuer field
+  (`issuer_name`): the validator decides per certificate whether that signer may speak
+  for the certificate's issuer (RFC 5280 §6.3.3).
 - Serial numbers are Python ints in this API (the SQL side may store them as hex text).
 - Every datetime is timezone-aware UTC.
 - The store keeps only data whose signature the validator has already checked; it never
@@ -21,26 +23,28 @@ Conventions shared by every method:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 
-def issuer_key_from_parts(subject_der: bytes, spki_der: bytes) -> str:
-    """The issuer key for a CA given its subject Name DER and SubjectPublicKeyInfo DER."""
-    return hashlib.sha256(subject_der + spki_der).hexdigest()
+def issuer_key_from_parts(subject_key: str, spki_der: bytes) -> str:
+    """The issuer key for a CA given its subject's `name_key` and its SubjectPublicKeyInfo."""
+    return hashlib.sha256(subject_key.encode() + spki_der).hexdigest()
 
 
 @dataclass(frozen=True)
 class CrlInfo:
-    """One complete CRL that the validator parsed and whose signature it checked.
+    """One CRL that the validator parsed, found usable and whose signature it checked.
 
-    `crl_number` is None for a CRL without the cRLNumber extension; such a CRL is then
-    identified by `sha256` only. `next_update` is None when the CRL has no nextUpdate
-    (it is then never considered current). `sha256` is the hex digest of the CRL's DER
-    encoding, used to recognise a CRL file or download that is already indexed without
-    parsing it again. `source` is the URL or file path it came from (informational).
+    `issuer_key` names the certificate (subject and key) whose key verified the CRL;
+    `issuer_name` is the `name_key` of the CRL's issuer field (which names the CA the
+    CRL speaks for, or the indirect CRL issuer); `scope` is its `CrlScope.to_text()`
+    ("" for a complete CRL without issuingDistributionPoint). `next_update` is None when
+    the CRL has no nextUpdate (it is then never current). `sha256` is the hex digest of
+    the CRL's DER encoding, used to recognise a CRL file or download that is already
+    held without parsing it again. `source` is the URL or file it came from.
     """
 
     issuer_key: str
@@ -50,22 +54,29 @@ class CrlInfo:
     sha256: str
     source: str
     entries: int
+    issuer_name: str = ""
+    scope: str = ""
 
 
 @dataclass(frozen=True)
 class RevokedEntry:
-    """A serial number listed as revoked in a held CRL.
+    """A serial number listed in a held CRL.
 
     `reason` is the CRLReason name as written by `cryptography` (e.g. "key_compromise",
-    "certificate_hold") or None when the entry carries no reason code.
+    "certificate_hold", "remove_from_crl") or None when the entry carries no reason code.
+    `cert_issuer` is the `name_key` of the certificate issuer the entry is about when the
+    CRL is indirect and the entry names another issuer, else None (the CRL's issuer).
     """
 
-    issuer_key: str
+    crl_sha256: str
     serial: int
     revoked_at: datetime
     reason: str | None
-    crl_number: int | None
-    crl_sha256: str
+    cert_issuer: str | None = None
+
+
+Entry = tuple[int, datetime, str | None, str | None]
+"""A CRL entry as given to `store_crl`: (serial, revocation date, reason, cert_issuer)."""
 
 
 @dataclass(frozen=True)
@@ -92,48 +103,39 @@ class OcspRecord:
 class RevocationStore(Protocol):
     """What the validator needs from a revocation cache."""
 
-    def crl_known(self, issuer_key: str, crl_number: int) -> CrlInfo | None:
-        """The CRL held for this issuer with this cRLNumber, or None.
+    def crl_known(self, issuer_key: str, scope: str, crl_number: int) -> CrlInfo | None:
+        """The CRL held from this signer, for this scope, with this cRLNumber, or None.
 
-        Lets the validator skip parsing and signature checking of a CRL it already
-        indexed (it can read the number from the first bytes of the CRL's DER).
+        Lets the validator skip indexing a CRL it already holds in another encoding
+        (RFC 5280: a CRL number is unique for an issuer and scope).
         """
         ...
 
     def crl_by_sha256(self, sha256: str) -> CrlInfo | None:
         """The held CRL whose DER encoding has this hex SHA-256, or None.
 
-        The cheapest way to recognise a CRL file or download that is already indexed.
+        The cheapest way to recognise a CRL file or download that is already held.
         """
         ...
 
-    def store_crl(self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]) -> None:
-        """Keep a checked CRL and its revoked entries `(serial, revoked_at, reason)`.
+    def store_crl(self, info: CrlInfo, entries: Iterable[Entry]) -> None:
+        """Keep a checked CRL and its entries `(serial, revoked_at, reason, cert_issuer)`.
 
-        `revoked` may be a generator over 200,000 entries: insert in bulk, in one
-        transaction. Storing a CRL that is already held (same issuer and cRLNumber, or
-        same sha256 when it has no number) is a no-op. The store may drop CRLs (and their
-        entries) whose next_update lies in the past once a newer CRL of the same issuer
-        is stored, but never the newest one.
+        `entries` may be a generator over 200,000 entries: insert in bulk, in one
+        transaction. Storing a CRL that is already held (same sha256, or same signer,
+        scope and cRLNumber) is a no-op, also when another process stores it at the same
+        moment. The store may drop CRLs (and their entries) of the same signer and scope
+        whose next_update lies in the past once a newer one is stored.
         """
         ...
 
-    def current_crls(self, issuer_key: str, at: datetime) -> list[CrlInfo]:
-        """CRLs held for this issuer that are current at `at`.
-
-        Current means `this_update <= at <= next_update` (a CRL without next_update is
-        never current). Newest (highest this_update) first.
-        """
+    def crls_named(self, issuer_name: str) -> list[CrlInfo]:
+        """Every held CRL whose issuer field has this `name_key`, current or not."""
         ...
 
-    def revoked(self, issuer_key: str, serial: int, at: datetime) -> RevokedEntry | None:
-        """The revocation of `serial` by this issuer in effect at `at`, or None.
-
-        Looks through EVERY CRL held for the issuer, current or not: revocation is
-        permanent, so a serial listed in an old CRL stays revoked. An entry counts when
-        its `revoked_at <= at`. When several CRLs list the serial, return the earliest
-        `revoked_at`. This is a point lookup: it must use an index on (issuer, serial).
-        """
+    def crl_entries(self, crl_sha256s: Sequence[str], serial: int) -> list[RevokedEntry]:
+        """The entries for `serial` in the held CRLs named by sha256 (a point lookup: it
+        must use an index on (crl, serial))."""
         ...
 
     def store_ocsp(self, record: OcspRecord) -> None:
@@ -157,44 +159,35 @@ class MemoryRevocationStore:
 
     def __init__(self) -> None:
         self._crls: dict[str, CrlInfo] = {}  # by sha256
-        self._revoked: dict[tuple[str, int], list[RevokedEntry]] = {}
+        self._entries: dict[tuple[str, int], list[RevokedEntry]] = {}  # by (sha256, serial)
         self._ocsp: dict[tuple[str, int], OcspRecord] = {}
 
-    def crl_known(self, issuer_key: str, crl_number: int) -> CrlInfo | None:
+    def crl_known(self, issuer_key: str, scope: str, crl_number: int) -> CrlInfo | None:
         for info in self._crls.values():
-            if info.issuer_key == issuer_key and info.crl_number == crl_number:
+            if (info.issuer_key, info.scope, info.crl_number) == (issuer_key, scope, crl_number):
                 return info
         return None
 
     def crl_by_sha256(self, sha256: str) -> CrlInfo | None:
         return self._crls.get(sha256)
 
-    def store_crl(self, info: CrlInfo, revoked: Iterable[tuple[int, datetime, str | None]]) -> None:
+    def store_crl(self, info: CrlInfo, entries: Iterable[Entry]) -> None:
         if info.sha256 in self._crls or (
-            info.crl_number is not None and self.crl_known(info.issuer_key, info.crl_number)
+            info.crl_number is not None
+            and self.crl_known(info.issuer_key, info.scope, info.crl_number)
         ):
             return
-        entries = list(revoked)  # may raise mid-way: change nothing until it is complete
+        rows = list(entries)  # may raise mid-way: change nothing until it is complete
         self._crls[info.sha256] = info
-        for serial, revoked_at, reason in entries:
-            entry = RevokedEntry(
-                info.issuer_key, serial, revoked_at, reason, info.crl_number, info.sha256
-            )
-            self._revoked.setdefault((info.issuer_key, serial), []).append(entry)
+        for serial, revoked_at, reason, cert_issuer in rows:
+            entry = RevokedEntry(info.sha256, serial, revoked_at, reason, cert_issuer)
+            self._entries.setdefault((info.sha256, serial), []).append(entry)
 
-    def current_crls(self, issuer_key: str, at: datetime) -> list[CrlInfo]:
-        found = [
-            i
-            for i in self._crls.values()
-            if i.issuer_key == issuer_key
-            and i.next_update is not None
-            and i.this_update <= at <= i.next_update
-        ]
-        return sorted(found, key=lambda i: i.this_update, reverse=True)
+    def crls_named(self, issuer_name: str) -> list[CrlInfo]:
+        return [i for i in self._crls.values() if i.issuer_name == issuer_name]
 
-    def revoked(self, issuer_key: str, serial: int, at: datetime) -> RevokedEntry | None:
-        entries = [e for e in self._revoked.get((issuer_key, serial), []) if e.revoked_at <= at]
-        return min(entries, key=lambda e: e.revoked_at) if entries else None
+    def crl_entries(self, crl_sha256s: Sequence[str], serial: int) -> list[RevokedEntry]:
+        return [e for sha in crl_sha256s for e in self._entries.get((sha, serial), [])]
 
     def store_ocsp(self, record: OcspRecord) -> None:
         key = (record.issuer_key, record.serial)
