@@ -210,6 +210,21 @@ def _one_line(e: BaseException) -> str:
     return text[:200]
 
 
+def _explicit_curve(cert: x509.Certificate) -> bool:
+    """True for an EC key whose curve is given by explicit parameters rather than named
+    (`cryptography` maps well-known explicit curves to named ones; the encoding says)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+        return False
+    from asn1crypto import x509 as ax509
+
+    spki = ax509.Certificate.load(cert.public_bytes(Encoding.DER))["tbs_certificate"][
+        "subject_public_key_info"
+    ]
+    return bool(spki["algorithm"]["parameters"].name != "named")
+
+
 def path_policy_problem(path: Sequence[x509.Certificate], policy: Policy) -> str | None:
     """Why the key policy refuses the path (leaf first, anchor last), or None.
 
@@ -224,6 +239,8 @@ def path_policy_problem(path: Sequence[x509.Certificate], policy: Policy) -> str
             return f"key of {who} cannot be used ({_one_line(e)}); explicit curve parameters "\
                 "and unknown key types are refused"
         problem = policy.key_problem(key)
+        if problem is None and _explicit_curve(cert):
+            problem = "EC key with explicit curve parameters, refused by the key policy"
         if problem:
             return f"{who}: {problem}"
         if i < len(path) - 1:
