@@ -89,3 +89,20 @@ def test_pem_with_trailing_junk_and_empty_inputs():
             parse_certificates(data, "x")
         except MalformedInputError:
             pass
+
+
+@SETTINGS
+@given(st.one_of(st.binary(max_size=200), mutation.map(lambda m: _mutate(CRL_DER, *m))),
+       mutation.map(lambda m: _mutate(LEAF_DER, *m)))
+def test_validate_with_hostile_crl_and_certificate_gives_a_verdict(crl, leaf):
+    """Revocation on, a mangled CRL supplied, a mangled leaf: a verdict with a one-line
+    reason, or (only for a CRL that does not parse at all) the caller's input error."""
+    try:
+        v = validate(leaf, anchors=[ROOT.cert], intermediates=[INTER.cert], crls=[crl],
+                     policy=Policy(revocation="hard-fail"))
+    except MalformedInputError as e:
+        assert "\n" not in str(e)
+        return
+    assert v.reason and "\n" not in v.reason
+    if v.valid:
+        assert leaf == LEAF_DER or v.leaf is not None
