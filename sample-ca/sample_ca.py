@@ -1075,7 +1075,9 @@ def answer_ocsp(
         reason = None if flag is x509.ReasonFlags.unspecified else flag
     else:
         status = ocsp.OCSPCertStatus.GOOD
-    now = utcnow()
+    # thisUpdate a minute back: a validator that took its "now" just before asking (with
+    # no clock tolerance, as idm and pyhanko-certvalidator run) must not see it as future.
+    now = utcnow() - dt.timedelta(minutes=1)
     builder = ocsp.OCSPResponseBuilder().add_response_by_hash(
         issuer_name_hash=name_hash,
         issuer_key_hash=key_hash,
