@@ -20,6 +20,7 @@ from idm.cli.output import UserError
 # name -> "module:attribute" of a click command; one line per command.
 COMMANDS: dict[str, str] = {
     "list": "idm.cli.inventory:list_command",
+    "status": "idm.cli.status:status_command",
     "show": "idm.cli.inventory:show_command",
     "events": "idm.cli.inventory:events_command",
     "db": "idm.cli.inventory:db_group",

@@ -77,6 +77,7 @@ class ValidationSettings:
     curves: list[str] = field(default_factory=lambda: ["secp256r1", "secp384r1", "secp521r1"])
     allow_dsa: bool = False
     allow_sha1: bool = False
+    expiry_warning_days: int = 30
 
 
 @dataclass
