@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from idm.cli.output import UserError
 from idm.identity.agent.hardening import HardeningError, disable_tracing, raise_open_file_limit
 from idm.identity.agent.identities import IdentitySource, ProviderHook, SocketKind, SoftwareKeyring
 from idm.identity.agent.server import AgentServer, AgentSocketError, default_socket_dir
+from idm.identity.syslog_socket import SYSLOG_SOCKET, syslog_reachable
 
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -150,9 +150,6 @@ def _kill_agent() -> None:
     click.echo(f"unset SSH_AUTH_SOCK;\nunset SSH_AGENT_PID;\necho Agent pid {pid} killed;")
 
 
-SYSLOG_SOCKET = "/dev/log"
-
-
 def _log_to_stderr(debug: bool, *, quiet: bool) -> None:
     """Log to stderr: in the foreground, and in a detaching agent until it detaches (what
     goes wrong at start is said where the user is looking)."""
@@ -185,28 +182,13 @@ def default_log_file() -> Path:
     return default_state_dir() / "agent.log"
 
 
-def _syslog_reachable() -> bool:
-    """Whether a syslog daemon listens on /dev/log (SysLogHandler itself ignores a missing
-    one and then drops every line)."""
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        probe = socket.socket(socket.AF_UNIX, kind)
-        try:
-            probe.connect(SYSLOG_SOCKET)
-            return True
-        except OSError:
-            continue
-        finally:
-            probe.close()
-    return False
-
-
 def _daemon_log_handler(log_file: str | None) -> tuple[logging.Handler, str | None]:
     """The handler of a detached agent, and the file it writes if not syslog.
 
     syslog when /dev/log answers (``journalctl -t idm-agent``); else, or with --log-file,
     a file (appended, 0600; reopened when logrotate moves it). Raises OSError when that
     file cannot be opened."""
-    if log_file is None and _syslog_reachable():
+    if log_file is None and syslog_reachable():
         handler: logging.Handler = logging.handlers.SysLogHandler(SYSLOG_SOCKET)
         handler.setFormatter(logging.Formatter("idm-agent[%(process)d]: %(message)s"))
         return handler, None

@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "allow": "idm.cli.server:allow_command",
     "krl": "idm.cli.server:krl_command",
     "authorized-keys": "idm.cli.server:authorized_keys_command",
+    "doctor": "idm.cli.doctor:doctor_command",
 }
 
 
