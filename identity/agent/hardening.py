@@ -5,6 +5,7 @@
   longer ptrace the agent or read ``/proc/PID/mem`` (the kernel makes the process's
   /proc files root's), and a crash writes no core file holding keys or PINs. Called
   before the agent holds any key or accepts any client; inherited across ``fork``.
+* :func:`die_with_parent`: a PKCS#11 helper process ends with the agent that started it.
 * :func:`raise_open_file_limit`: the soft ``RLIMIT_NOFILE`` raised to the hard limit, so
   that the number of connections the agent can hold is the system's limit, not the
   login shell's usual soft 1,024 (every client connection is one descriptor).
@@ -15,8 +16,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import resource
+import signal
 import sys
 
+PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 
 
@@ -41,6 +44,16 @@ def disable_tracing() -> None:
     if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise HardeningError(errno, "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def die_with_parent() -> None:
+    """Be killed (SIGKILL) when the parent process ends (Linux; a no-op elsewhere).
+
+    For the PKCS#11 helpers: a helper whose agent is gone must not live on holding a
+    logged-in card, even if a module call hangs and never reads the closed socket.
+    """
+    if sys.platform.startswith("linux"):
+        _libc().prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def raise_open_file_limit() -> int:

@@ -79,6 +79,7 @@ from idm.identity.agent.identities import (
     SocketKind,
 )
 from idm.identity.agent.protocol import Constraints
+from idm.identity.agent.providers import CardSession, ProviderPool
 from idm.identity.agent.selection import SelectableIdentity, Selection
 from idm.identity.agent.server import askpass_confirm
 from idm.identity.inventory.store import CertificateRecord, Inventory, TokenRecord
@@ -94,22 +95,18 @@ from idm.identity.tokens.errors import (
     TokenNotFound,
     TokenNotPresent,
 )
+from idm.identity.tokens.module_file import open_module_file
 from idm.identity.tokens.pin import PinProvider, PinRequest, PromptPin
 from idm.identity.tokens.session import (
     KeyObject,
-    ProviderSet,
     TokenInfo,
-    TokenSession,
     public_keys_equal,
-    reinitialize_loaded,
 )
 from idm.identity.tokens.uri import TokenIdentity
 
 POLL_INTERVAL = 2.0
 INVENTORY_INTERVAL = 30.0
 WRONG_PIN_HOLD = 3.0
-# ssh-agent's default allow-list for `ssh-add -s` (its -P option): system library folders.
-PROVIDER_ALLOWED_PREFIXES = ("/usr/lib/", "/usr/lib64/", "/usr/local/lib/", "/usr/local/lib64/")
 BUSY_RESCAN_WAIT = 5.0  # how long an insert-card rescan waits for other cards to finish
 
 
@@ -136,7 +133,7 @@ class _Card:
         self.present = False
         self.info: TokenInfo | None = None
         self.module: str | None = None  # real path of the provider it sits in
-        self.session: TokenSession | None = None
+        self.session: CardSession | None = None
         self.lock = threading.Lock()  # one operation on this card at a time
         self.wrong_pin_at: float | None = None
         self.logout_pending = False
@@ -274,10 +271,9 @@ class TokenSource(BaseIdentitySource):
         self._cards: dict[int, _Card] = {}
         self._entries: dict[str, _Entry] = {}
         self._skipped: set[str] = set()  # certificates already logged as unusable
-        self._active: list[str] = []  # real paths of loaded providers, in order
         self._provider_confirm: dict[str, bool] = {}
         self._provider_expiry: dict[str, float] = {}
-        self._providers = ProviderSet(rescan_on_miss=False)
+        self._pool = ProviderPool()
         self._lists: dict[SocketKind, tuple[AgentIdentity, ...]] = {k: () for k in SocketKind}
         self._lists_until = 0.0
         self._stop = threading.Event()
@@ -299,8 +295,8 @@ class TokenSource(BaseIdentitySource):
         self.inventory.engine.dispose(close=False)
         for path in self.settings.providers:
             try:
-                self._load_module(path)
-            except IdentityError as exc:
+                self._pool.load_local(_real(path))
+            except ProviderError as exc:
                 log.warning("%s", exc)
         self._reload_inventory()
         self.poll()
@@ -331,6 +327,7 @@ class TokenSource(BaseIdentitySource):
             thread.join(10)
         for card in list(self._cards.values()):
             self._logout(card, wait=1.0)
+        self._pool.close()
 
     # -- the IdentitySource protocol ---------------------------------------------------
 
@@ -378,15 +375,22 @@ class TokenSource(BaseIdentitySource):
     # -- the ProviderHook protocol --------------------------------------------------------
 
     def load_provider(self, path: str, pin: str, constraints: Constraints) -> None:
-        """``ssh-add -s``: load the module, log its one card in with ``pin``, report."""
-        real = _real(path)
+        """``ssh-add -s``: load the module, log its one card in with ``pin``, report.
+
+        A configured provider is already loaded in this process and is re-activated. Any
+        other module must pass :func:`~idm.identity.tokens.module_file.open_module_file`
+        (an allowed folder, a sane file, ``C_GetFunctionList`` exported) and is loaded
+        from the descriptor that check opened, in a helper process of its own.
+        """
         configured = {_real(p) for p in self.settings.providers}
-        if real not in configured and not real.startswith(PROVIDER_ALLOWED_PREFIXES):
-            raise IdentityError(
-                f"provider {path} is not allowed: add it to [tokens] providers in the "
-                "configuration (only configured providers and system libraries are loaded)"
-            )
-        self._load_module(path)
+        try:
+            real = _real(path)
+            if real in configured:
+                self._pool.load_local(real)
+            else:
+                real = self._pool.load_helper(open_module_file(path))
+        except ProviderError as exc:
+            raise IdentityError(str(exc)) from None
         with self._lock:
             self._provider_confirm[real] = constraints.confirm
             if constraints.lifetime:
@@ -431,44 +435,25 @@ class TokenSource(BaseIdentitySource):
         """``ssh-add -e``: withdraw the module's identities and log its cards out."""
         real = _real(path)
         with self._lock:
-            if real not in self._active:
+            if real not in self._pool.active:
                 raise IdentityError(f"provider {path} is not loaded")
-            self._active.remove(real)
             self._provider_confirm.pop(real, None)
             self._provider_expiry.pop(real, None)
-            self._providers = self._provider_set()
             cards = [c for c in self._cards.values() if c.module == real]
         for card in cards:
             self._logout(card, wait=2.0)
             with self._lock:
                 card.present = False
                 card.session = None
+        self._pool.unload(real)
         self._publish()
         log.info("provider %s unloaded: %d card(s) withdrawn", path, len(cards))
 
     # -- providers --------------------------------------------------------------------
 
-    def _provider_set(self) -> ProviderSet:
-        ps = ProviderSet(rescan_on_miss=False)
-        for real in self._active:
-            ps.add(real)
-        return ps
-
-    def _load_module(self, path: str) -> None:
-        real = _real(path)
-        try:
-            probe = ProviderSet([real], rescan_on_miss=False)
-        except ProviderError as exc:
-            raise IdentityError(str(exc)) from None
-        del probe
-        with self._lock:
-            if real not in self._active:
-                self._active.append(real)
-            self._providers = self._provider_set()
-
     def _tokens_of(self, real: str) -> list[TokenInfo]:
         try:
-            return [i for i in self._providers.tokens() if _real(i.module.path) == real]
+            return [i for i in self._pool.tokens() if _real(i.module.path) == real]
         except ProviderError as exc:
             log.warning("%s", exc)
             return []
@@ -490,7 +475,7 @@ class TokenSource(BaseIdentitySource):
                 log.debug("provider %s is busy: not re-initialized now", real)
                 continue
             try:
-                reinitialize_loaded(real)
+                self._pool.reinitialize(real)
                 done.append(real)
                 for c in cards:
                     if c.session is not None and c.session.logged_in:
@@ -598,7 +583,7 @@ class TokenSource(BaseIdentitySource):
         changed = self._expire_providers()
         self._expire_logins()
         try:
-            infos = self._providers.tokens()
+            infos = self._pool.tokens()
         except ProviderError as exc:
             log.warning("%s", exc)
             return changed
@@ -606,11 +591,11 @@ class TokenSource(BaseIdentitySource):
         if rescan:
             missing = [c for c in self._cards.values()
                        if not c.present and self._wanted(c)]
-            if missing and self._active:
-                done = self._rescan(list(self._active), explicit=False)
+            if missing and self._pool.active:
+                done = self._rescan(self._pool.active, explicit=False)
                 if done:
                     try:
-                        infos = self._providers.tokens()
+                        infos = self._pool.tokens()
                     except ProviderError as exc:
                         log.warning("%s", exc)
                         return changed
@@ -649,7 +634,7 @@ class TokenSource(BaseIdentitySource):
         return changed
 
     def _arrived(self, card: _Card, info: TokenInfo) -> None:
-        session = self._providers.open(info, self.pin_provider)
+        session = self._pool.open(info, self.pin_provider)
         first = not card.seen
         with self._lock:
             card.info = info
@@ -719,7 +704,7 @@ class TokenSource(BaseIdentitySource):
 
     def _explain_unknown(self, info: TokenInfo) -> None:
         try:
-            session = self._providers.open(info)
+            session = self._pool.open(info)
             objects = session.certificates()
         except TokenError as exc:
             log.info("card %r is not in the inventory (%s)", info.label, exc)
@@ -831,15 +816,15 @@ class TokenSource(BaseIdentitySource):
                 card.logout_pending = False
                 session.logout()
 
-    def _find_key(self, session: TokenSession, entry: _Entry) -> KeyObject:
+    def _find_key(self, session: CardSession, entry: _Entry) -> KeyObject:
         for key in session.keys("private", login=True):
             if public_keys_equal(key.public_key, entry.key.public_key):
                 return key
         raise ObjectNotFound(f"no private key for {entry.record.subject} on the card")
 
-    def _session_for_sign(self, card: _Card) -> TokenSession:
+    def _session_for_sign(self, card: _Card) -> CardSession:
         if card.present and card.session is not None:
-            if card.module not in self._active:
+            if card.module not in self._pool.active:
                 raise IdentityError(f"card {card.name!r} is in an unloaded provider")
             return card.session
         if card.seen:
@@ -851,9 +836,9 @@ class TokenSource(BaseIdentitySource):
         if not self.insert_prompt(prompt):
             raise IdentityError(f"card {card.name!r} is not inserted (the insert-card prompt "
                                 "was declined or no SSH_ASKPASS is set)")
-        self._rescan(list(self._active), explicit=True)
+        self._rescan(self._pool.active, explicit=True)
         try:
-            infos = self._providers.tokens()
+            infos = self._pool.tokens()
         except ProviderError as exc:
             raise IdentityError(str(exc)) from None
         info = next((i for i in infos if i.identity == card.identity), None)
@@ -956,7 +941,7 @@ class TokenSource(BaseIdentitySource):
             # does not depend on the order the card or the inventory happened to list them.
             entries = sorted(self._entries.values(), key=self._order)
             cards = dict(self._cards)
-            active = set(self._active)
+            active = set(self._pool.active)
             confirm = dict(self._provider_confirm)
         for entry in entries:
             card = cards.get(entry.token_id) if entry.token_id is not None else None

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,11 +33,15 @@ from tests.agent.conftest import (
     NOBODY,
     SETPRIV,
     SSH_ADD,
+    Askpass,
     IdmAgent,
     make_key,
     start_agent,
 )
-from tests.agent.tokenworld import GUARD, Agent, World
+from tests.agent.tokenworld import GUARD, Agent, World, write_config
+from tests.softhsm import SOFTHSM_MODULE
+from tests.sshd import SshdServer
+from tests.testlibs import GCC, build_library
 
 # ------------------------------------------------------------------ comments
 
@@ -277,3 +281,215 @@ def test_parallel_unlock_guesses_wait_for_one_global_delay(idm_agent: IdmAgent) 
         assert isinstance(c.request(p.Unlock(b"correct horse")), p.Success)
         assert c.identities() == []
     assert "failure 5; every unlock waits 0.5 s" in idm_agent.log()
+
+
+# ------------------------------------------------------------------ PKCS#11 providers
+
+TRIES = 300  # ssh-add -s requests while a link flips (the flaw this closes took 3)
+
+
+@pytest.fixture
+def allowed_dir() -> Iterator[Path]:
+    """A fresh folder inside an allowed folder (/usr/local/lib), removed afterwards."""
+    if os.geteuid() != 0 or GCC is None:
+        pytest.skip("needs root (to write under /usr/local/lib) and gcc")
+    base = Path("/usr/local/lib")
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix="idm-test-", dir=base))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+def _forwarded_bind() -> p.Extension:
+    """A valid session-bind@openssh.com with is_forwarding=1, as ssh sends for ssh -A."""
+    host = ed25519.Ed25519PrivateKey.generate()
+    session_id = os.urandom(32)
+    signature = w.sign_with_private_key(
+        host, w.signature_scheme(w.KeyBlob.plain(host.public_key())), session_id)
+    bind = p.SessionBind(w.public_key_blob(host.public_key()), session_id, signature, True)
+    return p.Extension(p.SESSION_BIND, bind.encode_contents())
+
+
+def _agent_pid(agent: Agent) -> int:
+    return agent.proc.pid
+
+
+@pytest.mark.softhsm
+@pytest.mark.sshd
+def test_forwarded_agent_cannot_load_a_provider(
+    world: World, agents: Callable[..., Agent], askpass: Askpass, short_dir: Path,
+    allowed_dir: Path, sshd_factory: Callable[..., SshdServer], tmp_path: Path,
+) -> None:
+    evil = build_library(tmp_path, allowed_dir / "libevil.so", tmp_path / "loaded", pkcs11=True)
+    agent = agents()
+    key = make_key(short_dir, "ed25519")
+    assert subprocess.run([SSH_ADD, str(key)], env=agent.env(), capture_output=True,
+                          timeout=GUARD, check=False).returncode == 0
+    blob = w.parse_public_key_line(key.with_suffix(".pub").read_text()).key
+    sshd = sshd_factory(w.authorized_keys_line(blob, "login") + "\n")
+    askpass.set_passphrase("1234")
+    # On the remote host, ssh-add -s through the forwarded agent (ssh -A)
+    remote = (f"SSH_ASKPASS={askpass.program} SSH_ASKPASS_REQUIRE=force "
+              f"ssh-add -s {evil.path} </dev/null; echo exit=$?")
+    r = subprocess.run(sshd.ssh_command(remote, agent=agent.sock, options=["ForwardAgent=yes"]),
+                       capture_output=True, text=True, timeout=GUARD, stdin=subprocess.DEVNULL,
+                       env=agent.env(), check=False)
+    assert r.returncode == 0, r.stderr + sshd.log_text()[-2000:]
+    assert "exit=1" in r.stdout, (r.stdout, r.stderr)
+    log = agent.log()
+    assert "(forwarded)" in log  # ssh bound the forwarded connection
+    assert f"ssh-add -s {evil.path} refused: the connection is session-bound" in log
+    assert evil.loaded_in() == []  # its constructor never ran, anywhere
+    assert str(evil.path) not in _maps(_agent_pid(agent))
+    # the same request from a local ssh-add is not refused for that reason: the library
+    # is loaded, but in a helper process, never in the agent's own
+    local = subprocess.run([SSH_ADD, "-s", str(evil.path)], capture_output=True, text=True,
+                           env=dict(agent.env(), SSH_ASKPASS=str(askpass.program),
+                                    SSH_ASKPASS_REQUIRE="force"),
+                           timeout=GUARD, stdin=subprocess.DEVNULL, check=False)
+    assert local.returncode != 0  # its C_GetFunctionList fails
+    assert evil.loaded_in() and _agent_pid(agent) not in evil.loaded_in()
+    assert str(evil.path) not in _maps(_agent_pid(agent))
+    assert "helper" in agent.log()
+
+
+@pytest.mark.softhsm
+def test_allow_remote_pkcs11_loads_in_a_helper(
+    world: World, agents: Callable[..., Agent], allowed_dir: Path, tmp_path: Path,
+) -> None:
+    evil = build_library(tmp_path, allowed_dir / "libevil.so", tmp_path / "loaded", pkcs11=True)
+    agent = agents("--allow-remote-pkcs11")
+    with AgentClient(agent.sock) as c:
+        assert isinstance(c.request(_forwarded_bind()), p.Success)
+        assert isinstance(c.request(p.AddSmartcardKey(str(evil.path), "")), p.Failure)
+    assert "is session-bound" not in agent.log()
+    pids = evil.loaded_in()
+    assert pids and _agent_pid(agent) not in pids
+    assert str(evil.path) not in _maps(_agent_pid(agent))
+
+
+@pytest.mark.softhsm
+def test_a_library_that_is_not_a_pkcs11_module_is_never_loaded(
+    world: World, agents: Callable[..., Agent], askpass: Askpass, allowed_dir: Path,
+    tmp_path: Path,
+) -> None:
+    plain = build_library(tmp_path, allowed_dir / "libplain.so", tmp_path / "loaded",
+                          pkcs11=False)
+    agent = agents()
+    askpass.set_passphrase("1234")
+    r = subprocess.run([SSH_ADD, "-s", str(plain.path)], capture_output=True, text=True,
+                       env=dict(agent.env(), SSH_ASKPASS=str(askpass.program),
+                                SSH_ASKPASS_REQUIRE="force"),
+                       timeout=GUARD, stdin=subprocess.DEVNULL, check=False)
+    assert r.returncode != 0
+    assert f"provider {plain.path} is not a PKCS#11 module: it does not export " \
+           "C_GetFunctionList" in agent.log()
+    assert plain.loaded_in() == []  # refused before any process loaded it
+    with AgentClient(agent.sock) as c:  # garbage in an allowed folder: refused the same
+        junk = allowed_dir / "libjunk.so"
+        junk.write_bytes(b"\x7fELF" + os.urandom(200))
+        junk.chmod(0o644)
+        assert isinstance(c.request(p.AddSmartcardKey(str(junk), "")), p.Failure)
+    assert f"provider {junk}: not a well-formed ELF" in agent.log()
+
+
+@pytest.mark.softhsm
+def test_a_flipping_symlink_never_loads_a_library_from_outside(
+    world: World, agents: Callable[..., Agent], short_dir: Path, tmp_path: Path,
+) -> None:
+    if GCC is None:
+        pytest.skip("needs gcc")
+    outside = build_library(tmp_path, short_dir / "libout.so", tmp_path / "loaded", pkcs11=True)
+    no_providers = tmp_path / "none.toml"
+    write_config(no_providers, world.ca, [])
+    agent = agents(config=no_providers)  # SoftHSM2 is loaded on request, in a helper
+    link = short_dir / "flip.so"
+    stop = threading.Event()
+
+    def flip() -> None:
+        n = 0
+        while not stop.is_set():
+            target = SOFTHSM_MODULE if n % 2 else str(outside.path)
+            tmp = short_dir / f".flip{n % 2}"
+            tmp.unlink(missing_ok=True)
+            os.symlink(target, tmp)
+            os.replace(tmp, link)  # atomic: the link always exists, pointing one way
+            n += 1
+
+    flipper = threading.Thread(target=flip, daemon=True)
+    flipper.start()
+    try:
+        with AgentClient(agent.sock) as c:
+            for _ in range(TRIES):
+                c.request(p.AddSmartcardKey(str(link), ""))
+    finally:
+        stop.set()
+        flipper.join(GUARD)
+    log = agent.log()
+    refused = log.count(f"({outside.path}) is not allowed")
+    served = log.count("no approved, valid identity") + log.count("no token is present")
+    # both ways were tried many times, and the outside library was never loaded
+    assert refused > 10 and served > 10, (refused, served)
+    assert outside.loaded_in() == []
+    assert str(outside.path) not in _maps(_agent_pid(agent))
+
+
+def _helpers_of(pid: int) -> list[int]:
+    """PKCS#11 helper processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"pkcs11_helper" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.softhsm
+def test_ssh_add_s_provider_runs_in_a_helper_that_ends_with_e_and_with_the_agent(
+    world: World, agents: Callable[..., Agent], askpass: Askpass, tmp_path: Path,
+) -> None:
+    world.put("alice", b"\x01")
+    world.enroll()
+    no_providers = tmp_path / "none.toml"
+    write_config(no_providers, world.ca, [])
+    agent = agents(config=no_providers)
+    askpass.set_passphrase(world.card.pin)
+    env = dict(agent.env(), SSH_ASKPASS=str(askpass.program), SSH_ASKPASS_REQUIRE="force")
+
+    def ssh_add(*args: str) -> subprocess.CompletedProcess[str]:
+        assert SSH_ADD is not None
+        return subprocess.run([SSH_ADD, *args], env=env, capture_output=True, text=True,
+                              timeout=GUARD, stdin=subprocess.DEVNULL, check=False)
+
+    assert ssh_add("-s", SOFTHSM_MODULE).returncode == 0, agent.log()
+    (helper,) = _helpers_of(_agent_pid(agent))
+    real = os.path.realpath(SOFTHSM_MODULE)
+    assert real in _maps(helper) and real not in _maps(_agent_pid(agent))
+    # listing and signing work as before, through the helper
+    blob = agent.blobs()[0]
+    assert isinstance(agent.sign(blob, w.SIGN_RSA_SHA2_256), p.SignResponse), agent.log()
+    listed = ssh_add("-L").stdout
+    assert "CN=alice" in listed
+    # ssh-add -e stops it; -s starts a new one; the agent's exit stops that one
+    assert ssh_add("-e", SOFTHSM_MODULE).returncode == 0
+    _wait_until(lambda: not Path(f"/proc/{helper}").exists(), "the helper to exit")
+    assert agent.blobs() == []
+    assert ssh_add("-s", SOFTHSM_MODULE).returncode == 0
+    (second,) = _helpers_of(_agent_pid(agent))
+    assert second != helper
+    agent.stop()
+    _wait_until(lambda: not Path(f"/proc/{second}").exists(), "the helper to exit with the agent")
