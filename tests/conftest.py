@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.pkixssh import PkixsshBuild, PkixsshUnavailable, pkixssh_build
+from tests.pkixssh import PkixsshBuild, PkixsshUnavailable, pkixssh_build, unavailable
 from tests.postgres import PostgresServer, PostgresUnavailable
 
 REQUIRE_POSTGRES = os.environ.get("IDM_REQUIRE_POSTGRES") == "1"
-REQUIRE_PKIXSSH = os.environ.get("IDM_REQUIRE_PKIXSSH") == "1"
 
 # Registered here, before any test module imports it by name: pytest rewrites a plugin's
 # asserts only when it loads the module first (else PytestAssertRewriteWarning).
@@ -76,6 +75,4 @@ def pkixssh() -> PkixsshBuild:
     try:
         return pkixssh_build()
     except PkixsshUnavailable as exc:
-        if REQUIRE_PKIXSSH:
-            pytest.fail(f"PKIX-SSH is required (IDM_REQUIRE_PKIXSSH=1) but: {exc}")
-        pytest.skip(f"PKIX-SSH unavailable: {exc}")
+        unavailable(f"PKIX-SSH unavailable: {exc}")

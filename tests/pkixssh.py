@@ -13,7 +13,8 @@ into place only when everything succeeded, so a half-finished build is never tak
 finished one. A lock file keeps concurrent test processes from building at the same time.
 
 When it cannot be built (no tarball, no compiler, configure fails), ``PkixsshUnavailable`` says
-why; the fixtures skip with that reason, unless IDM_REQUIRE_PKIXSSH=1 (CI), where they fail.
+why; the fixtures skip with that reason (:func:`unavailable`), unless IDM_REQUIRE_PKIXSSH=1
+(CI), where they fail.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
+
+import pytest
 
 TARBALL_GLOB = "pkixssh-*.tar.xz"
 BUILD_TOOLS = ("autoreconf", "make", "cc")
@@ -33,10 +37,18 @@ BUILD_TOOLS = ("autoreconf", "make", "cc")
 BUILD_PACKAGES = "build-essential autoconf automake libssl-dev zlib1g-dev"
 # A guard against a wedged build step, not a performance expectation.
 STEP_GUARD_SECONDS = 1800
+REQUIRED = os.environ.get("IDM_REQUIRE_PKIXSSH") == "1"
 
 
 class PkixsshUnavailable(Exception):
     """PKIX-SSH cannot be built or found here; the message says why."""
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a PKIX-SSH test that cannot run here, or fail it where it must run (CI)."""
+    if REQUIRED:
+        pytest.fail(f"the PKIX-SSH tests must run (IDM_REQUIRE_PKIXSSH=1), but: {reason}")
+    pytest.skip(reason)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from idm.identity import sshwire as w
 from idm.identity.agent import protocol as p
 from idm.identity.inventory.store import Inventory
 from tests.agent.client import AgentClient
-from tests.pkixssh import PkixsshBuild
+from tests.pkixssh import PkixsshBuild, unavailable
 from tests.sample_ca_fixture import SampleCA, make_sample_ca, serving
 from tests.server.helpers import HelperInstall, enroll, idm, write_config
 from tests.softhsm import SOFTHSM_MODULE, SoftHSM, SoftHSMToken
@@ -187,7 +187,7 @@ def _pem_crls(ca: SampleCA) -> str:
 @pytest.fixture(scope="module")
 def world(pkixssh: PkixsshBuild, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     if os.geteuid() != 0:
-        pytest.skip("sshd with privilege separation and AuthorizedKeysCommandUser needs root")
+        unavailable("sshd with privilege separation and AuthorizedKeysCommandUser needs root")
     tmp = tmp_path_factory.mktemp("pkixssh")
     short = Path(tempfile.mkdtemp(prefix="idm-pk-", dir="/tmp"))
     ca = make_sample_ca(tmp)

@@ -154,13 +154,13 @@ def test_pkix_socket_lists_raw_der_and_plain(world: World, agents: Callable[...,
     agent.wait_for(lambda: len(agent.blobs()) == 4, "both identities")
     assert algorithms(agent.listing(agent.pkix)) == [
         "x509v3-sign-rsa", "ssh-rsa", "x509v3-ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"]
-    legacy = w.KeyBlob.raw_der(load_cert(world.ca.user_cert("alice")))
+    raw_der = w.KeyBlob.raw_der(load_cert(world.ca.user_cert("alice")))
     for sock in (agent.sock, agent.pkix):
         with AgentClient(sock) as c:
-            resp = c.request(p.SignRequest(legacy.blob, b"pkix data", 0))
+            resp = c.request(p.SignRequest(raw_der.blob, b"pkix data", 0))
         assert isinstance(resp, p.SignResponse), agent.log()
         assert w.parse_signature_blob(resp.signature)[0] == "x509v3-sign-rsa"
-        w.verify_signature(legacy, b"pkix data", resp.signature)
+        w.verify_signature(raw_der, b"pkix data", resp.signature)
 
 
 @pytest.mark.sshd
