@@ -350,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the demo's files go (emptied first; default ./demo-run)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        print("demo: run as root (sshd and its AuthorizedKeysCommand need it); "
-              "run `make demo` as root", file=sys.stderr)
+        print("demo: sshd and its AuthorizedKeysCommand need root: run `make demo` as root",
+              file=sys.stderr)
         return 2
     demo = Demo(args.workdir.resolve())
 

@@ -234,3 +234,20 @@ def test_uninstall_removes_it_and_install_runs_again(installed: Installed) -> No
     r = subprocess.run([str(installed.idm), "--version"], capture_output=True, text=True,
                        check=False)
     assert r.returncode == 0 and "idm, version" in r.stdout
+
+
+def test_the_units_shown_in_the_docs_are_the_shipped_files() -> None:
+    """docs/agent.md shows the whole user unit, docs/server.md the refresh service's
+    [Service] lines: both as in systemd/, comments aside."""
+    def settings(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+    agent_doc = (REPO / "docs" / "agent.md").read_text()
+    agent_unit = settings((REPO / "systemd" / "idm-agent.service").read_text())
+    shown = agent_doc.split("```ini\n", 1)[1].split("```", 1)[0]
+    assert settings(shown) == agent_unit
+    server_doc = (REPO / "docs" / "server.md").read_text()
+    refresh_unit = settings((REPO / "systemd" / "idm-refresh.service").read_text())
+    shown = server_doc.split("## 4. The refresh timer", 1)[1].split("```ini\n", 1)[1]
+    lines = settings(shown.split("```", 1)[0])
+    assert lines and all(line in refresh_unit for line in lines), lines
