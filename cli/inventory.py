@@ -86,6 +86,20 @@ def token_presence(app: AppContext) -> dict[int, str]:
     return {p.token.id: p.present for p in found}
 
 
+def find_certificate(app: AppContext, fingerprint: str) -> Any:
+    """The inventory's certificate by SHA-256 (a unique prefix of 8+ hex digits) or SSH key
+    fingerprint; a UserError when there is none or the prefix is ambiguous."""
+    from idm.identity.inventory.store import InventoryError
+
+    try:
+        cert = app.inventory().certificate(fingerprint)
+    except InventoryError as exc:
+        raise UserError(str(exc)) from None
+    if cert is None:
+        raise UserError(f"no certificate {fingerprint} in the inventory (see `idm list`)")
+    return cert
+
+
 @click.command("show")
 @click.argument("fingerprint")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
@@ -94,15 +108,8 @@ def token_presence(app: AppContext) -> dict[int, str]:
 def show_command(app: AppContext, fingerprint: str, as_json: bool, pem: bool) -> None:
     """Show one certificate: FINGERPRINT is its SHA-256 (or a unique prefix of 8+ hex
     digits) or its key's SSH fingerprint SHA256:…"""
-    from idm.identity.inventory.store import InventoryError
-
     inv = app.inventory()
-    try:
-        cert = inv.certificate(fingerprint)
-    except InventoryError as exc:
-        raise UserError(str(exc)) from None
-    if cert is None:
-        raise UserError(f"no certificate {fingerprint} in the inventory (see `idm list`)")
+    cert = find_certificate(app, fingerprint)
     if pem:
         import base64
         import textwrap

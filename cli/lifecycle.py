@@ -166,15 +166,10 @@ def forget_command(app: AppContext, fingerprint: str, yes: bool, as_json: bool) 
     Asks first when it is approved (the agent and servers would stop using it) or revoked
     or superseded (its key would leave `idm krl` and the snapshot's denied list).
     """
-    from idm.identity.inventory.store import InventoryError
+    from idm.cli.inventory import find_certificate
 
     inventory = app.inventory()
-    try:
-        cert = inventory.certificate(fingerprint)
-    except InventoryError as exc:
-        raise UserError(str(exc)) from None
-    if cert is None:
-        raise UserError(f"no certificate {fingerprint} in the inventory (see `idm list`)")
+    cert = find_certificate(app, fingerprint)
     what = {
         "approved": "is approved: the agent stops offering it, and servers refuse it after "
                     "their next `idm refresh`",
