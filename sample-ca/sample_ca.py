@@ -112,7 +112,7 @@ URLs in certificates (PORT is the one given to `init`; `serve` answers them):
 A demo PKI: keys are unencrypted and checks are minimal. Never use it in production.
 """
 
-KEY_TYPES = ("rsa2048", "rsa3072", "ec-p256", "ec-p384")
+KEY_TYPES = ("rsa2048", "rsa3072", "ec-p256", "ec-p384", "ec-p521")
 EKU_CHOICES: dict[str, ObjectIdentifier | None] = {
     "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
     "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
@@ -208,6 +208,8 @@ def generate_key(kind: str) -> PrivateKey:
         return ec.generate_private_key(ec.SECP256R1())
     if kind == "ec-p384":
         return ec.generate_private_key(ec.SECP384R1())
+    if kind == "ec-p521":
+        return ec.generate_private_key(ec.SECP521R1())
     raise SampleCAError(f"unknown key type {kind!r}: choose one of {', '.join(KEY_TYPES)}")
 
 

@@ -26,7 +26,7 @@ API (keep it stable):
   ``remove(token)`` (moves the token's folder out: the card is pulled),
   ``reinsert(token, into=None)`` (moves it back, or into another SoftHSM's token folder:
   the card goes into another reader), ``present(token) -> bool``,
-  ``generate_key(token, kind, key_id, label)`` (kind rsa2048|rsa3072|ec-p256|ec-p384,
+  ``generate_key(token, kind, key_id, label)`` (kind rsa2048|rsa3072|ec-p256|ec-p384|ec-p521,
   with pkcs11-tool), ``import_certificate(token, cert, key_id, label)``,
   ``import_private_key(token, key, key_id, label)`` (cert/key: `cryptography` objects,
   DER/PEM bytes or a path), ``pkcs11_tool(*args, token=None, login=False)``,
@@ -75,6 +75,7 @@ _KEY_TYPES = {
     "rsa3072": "rsa:3072",
     "ec-p256": "EC:prime256v1",
     "ec-p384": "EC:secp384r1",
+    "ec-p521": "EC:secp521r1",
 }
 
 

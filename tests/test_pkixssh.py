@@ -58,9 +58,10 @@ USERS = {
                "x509v3-rsa2048-sha256"),
     "pk-ec256": ("ec-p256", ["x509v3-ecdsa-sha2-nistp256"], "x509v3-ecdsa-sha2-nistp256"),
     "pk-ec384": ("ec-p384", ["x509v3-ecdsa-sha2-nistp384"], "x509v3-ecdsa-sha2-nistp384"),
+    "pk-ec521": ("ec-p521", ["x509v3-ecdsa-sha2-nistp521"], "x509v3-ecdsa-sha2-nistp521"),
 }
 LOGINS = [(user, alg) for user, (_, algs, _) in USERS.items() for alg in algs]
-KEY_TYPE = {"rsa2048": "rsa", "ec-p256": "ecdsa", "ec-p384": "ecdsa"}
+KEY_TYPE = {"rsa2048": "rsa", "ec-p256": "ecdsa", "ec-p384": "ecdsa", "ec-p521": "ecdsa"}
 
 
 def _load(path: Path) -> x509.Certificate:
@@ -282,13 +283,14 @@ def test_pkix_socket_lists_what_pkixssh_agent_lists(world: World, own_agent: Pat
         assert f"{first} Subject:C=XX,O=idm demo,CN={user}\n" in listed.stdout, listed.stdout
     fingerprints = world.ssh_add(world.pkix_sock, "-l")
     assert fingerprints.stdout.count("(RSA+cert)") == 1, fingerprints.stdout
-    assert fingerprints.stdout.count("(ECDSA+cert)") == 2
-    assert fingerprints.stdout.count("(RSA)") + fingerprints.stdout.count("(ECDSA)") == 3
+    assert fingerprints.stdout.count("(ECDSA+cert)") == 3
+    assert fingerprints.stdout.count("(RSA)") + fingerprints.stdout.count("(ECDSA)") == 4
     # The same raw-DER entries as PKIX-SSH's own agent (which lists no plain keys).
     theirs = _listing(own_agent)
     ours = _listing(world.pkix_sock)
     assert sorted(w.parse_key_blob(b).algorithm for b in theirs) == [
-        "x509v3-ecdsa-sha2-nistp256", "x509v3-ecdsa-sha2-nistp384", "x509v3-sign-rsa"]
+        "x509v3-ecdsa-sha2-nistp256", "x509v3-ecdsa-sha2-nistp384",
+        "x509v3-ecdsa-sha2-nistp521", "x509v3-sign-rsa"]
     assert set(theirs) == {b for b in ours if b[:1] == b"\x30"}
 
 
