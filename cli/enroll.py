@@ -31,13 +31,13 @@ pass_app = click.make_pass_decorator(AppContext)
 KINDS = ("rsa2048", "rsa3072", "ec-p256", "ec-p384")
 
 
-def _load_certificate(path: str) -> Any:
+def _load_certificate(path: str, option: str) -> Any:
     """The certificate in a PEM or DER file (the first one, if a PEM file holds several)."""
     from idm.validator.bundle import load_certificate_file
     from idm.validator.errors import MalformedInputError
 
     try:
-        return load_certificate_file(path)[0]
+        return load_certificate_file(path, option)[0]
     except MalformedInputError as exc:
         raise UserError(str(exc)) from None
 
@@ -144,7 +144,7 @@ def enroll_command(
             _new_key(provider_set, uri, pin, new_key, subject, csr_out, label)
             return
         if cert_file:
-            certificate = _load_certificate(cert_file)
+            certificate = _load_certificate(cert_file, "--cert")
             found = provider_set.find_tokens(uri.without_object())
             identities = {t.identity for t in found}
             if len(identities) == 1:
@@ -177,9 +177,11 @@ def enroll_command(
                 ),
             )
         else:
+            # The file is read before the token is opened: a bad file asks for no PIN.
+            issued = _load_certificate(import_file, "--import-cert") if import_file else None
             session = provider_set.open(uri.without_object(), pin)
-            if import_file:
-                stored = session.store_certificate(_load_certificate(import_file))
+            if issued is not None:
+                stored = session.store_certificate(issued)
                 click.echo(f"stored on token: {stored.uri}", err=True)
             certificates = session.certificates()
             info = session.info

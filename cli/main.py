@@ -69,7 +69,6 @@ class LazyGroup(click.Group):
     "--config",
     "config_path",
     metavar="FILE",
-    type=click.Path(dir_okay=False),
     help="Configuration file. Default: IDM_CONFIG, else $XDG_CONFIG_HOME/idm/config.toml.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show a traceback with an error.")
@@ -110,10 +109,22 @@ def run(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence for one-line errors
         if verbose:
             traceback.print_exc()
+        if _is_inventory_error(exc):
+            # The inventory's own errors are one line the user can act on (a database
+            # URL, a full disk, a fingerprint that names nothing): exit 2 like UserError.
+            UserError(str(exc)).show()
+            sys.exit(UserError.exit_code)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         click.echo(f"idm: error: {message} (run with -v for details)", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_inventory_error(exc: Exception) -> bool:
+    # Looked up, not imported: when the inventory module was never loaded, nothing raised
+    # its error, and importing it here would load SQLAlchemy for nothing.
+    store = sys.modules.get("idm.identity.inventory.store")
+    return store is not None and isinstance(exc, store.InventoryError)
 
 
 def command_line() -> str:

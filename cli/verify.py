@@ -83,17 +83,16 @@ def resolve_target(target: str, app: AppContext | None) -> ResolvedTarget:
 
     from idm.validator.bundle import parse_certificates
     from idm.validator.errors import MalformedInputError
+    from idm.validator.inputfile import CERTIFICATE_MAX_BYTES, InputFileError, read_input_file
 
     if target.startswith("pkcs11:"):
         return _token_target(target, app)
     path = Path(target)
-    if path.exists():
-        if path.is_dir():
-            raise TargetError(f"{target}: is a folder, not a certificate file")
+    if path.exists() or path.is_symlink():
         try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise TargetError(f"{target}: cannot read ({e.strerror or e})") from None
+            data = read_input_file(path, "", CERTIFICATE_MAX_BYTES)
+        except InputFileError as e:
+            raise TargetError(str(e)) from None
         try:
             certs = parse_certificates(data, target)
         except MalformedInputError as e:
@@ -213,8 +212,10 @@ class _Express:
         ca_paths: Sequence[Path],
         untrusted_paths: Sequence[Path],
         crl_paths: Sequence[Path],
+        crl_max_bytes: int,
     ) -> None:
         from idm.identity.checker import CRL_SUFFIXES
+        from idm.validator.inputfile import InputFileError, read_input_file
 
         self.ready = False
         anchors = self._bundle(ca_paths) if ca_paths else None
@@ -229,9 +230,12 @@ class _Express:
                     if path.is_dir()
                     else [path]
                 )
-                crls.extend(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
-            except OSError:
-                return
+                crls.extend(
+                    hashlib.sha256(read_input_file(f, "CRL", crl_max_bytes)).hexdigest()
+                    for f in files
+                )
+            except (OSError, InputFileError):
+                return  # the full way reports what is wrong
         self.anchors, self.untrusted, self.crls = anchors, untrusted, crls
         self.ready = True
 
@@ -239,6 +243,7 @@ class _Express:
     def _bundle(paths: Sequence[Path]) -> list[str] | None:
         """SHA-256 of the certificates `load_bundle` would return, in its order."""
         from idm.validator.bundle import FOLDER_SUFFIXES
+        from idm.validator.inputfile import BUNDLE_MAX_BYTES, InputFileError, read_input_file
         from idm.validator.memo import certificate_ders
 
         out: list[str] = []
@@ -250,35 +255,31 @@ class _Express:
                         for f in p.iterdir()
                         if f.suffix.lower() in FOLDER_SUFFIXES and f.is_file()
                     )
-                elif p.is_file():
-                    files = [p]
                 else:
-                    return None
+                    files = [p]
                 for f in files:
-                    ders = certificate_ders(f.read_bytes())
+                    ders = certificate_ders(read_input_file(f, "", BUNDLE_MAX_BYTES))
                     if ders is None:
                         return None
                     for der in ders:
                         sha = hashlib.sha256(der).hexdigest()
                         if sha not in out:
                             out.append(sha)
-            except OSError:
-                return None
+            except (OSError, InputFileError):
+                return None  # the full way reports what is wrong
         return out
 
     def check(self, target: str, policy: Any, at: datetime | None, store: Any) -> Any:
         """(verdict, leaf details) for a certificate file TARGET, or None."""
+        from idm.validator.inputfile import CERTIFICATE_MAX_BYTES, InputFileError, read_input_file
         from idm.validator.memo import certificate_ders, express
 
         if not self.ready or target.startswith("pkcs11:"):
             return None
-        path = Path(target)
         try:
-            if not path.is_file():
-                return None
-            ders = certificate_ders(path.read_bytes())
-        except OSError:
-            return None
+            ders = certificate_ders(read_input_file(target, "", CERTIFICATE_MAX_BYTES))
+        except InputFileError:
+            return None  # not a file (an inventory fingerprint), or the full way says why
         if ders is None:
             return None
         shas = [hashlib.sha256(d).hexdigest() for d in ders]
@@ -440,6 +441,7 @@ def verify(
             [Path(c) for c in ca] or list(config.validation.ca),
             [*config.validation.untrusted, *(Path(u) for u in untrusted)],
             [*config.revocation.crl, *crl_paths],
+            config.revocation.crl_max_bytes,
         )
     checker: Any = None
 

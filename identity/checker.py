@@ -40,20 +40,23 @@ class CheckerError(ValueError):
     """The validation set-up is unusable (no trust anchors, unreadable CRL path, …)."""
 
 
-def crl_files(paths: Iterable[Path]) -> list[tuple[str, bytes]]:
-    """(label, bytes) of CRL files, folders expanded (files ending .crl, .pem, .der)."""
+def crl_files(paths: Iterable[Path], max_bytes: int) -> list[tuple[str, bytes]]:
+    """(label, bytes) of CRL files, folders expanded (files ending .crl, .pem, .der);
+    each file at most ``max_bytes`` ([revocation] crl_max_bytes, as for downloads)."""
+    from idm.validator.inputfile import read_input_file
+
     found: list[tuple[str, bytes]] = []
     for path in paths:
-        files = (
-            sorted(p for p in path.iterdir() if p.suffix.lower() in CRL_SUFFIXES)
-            if path.is_dir()
-            else [path]
-        )
+        try:
+            files = (
+                sorted(p for p in path.iterdir() if p.suffix.lower() in CRL_SUFFIXES)
+                if path.is_dir()
+                else [path]
+            )
+        except OSError as exc:
+            raise CheckerError(f"cannot read CRL folder {path}: {exc.strerror}") from None
         for f in files:
-            try:
-                found.append((str(f), f.read_bytes()))
-            except OSError as exc:
-                raise CheckerError(f"cannot read CRL {f}: {exc.strerror}") from None
+            found.append((str(f), read_input_file(f, "CRL", max_bytes)))
     return found
 
 
@@ -123,11 +126,14 @@ class CertificateChecker:
                 "no trust anchors: set [validation] ca in the configuration (or give --ca PATH "
                 "to commands that take it)"
             )
-        anchors = load_bundle(ca_paths)
+        anchors = load_bundle(ca_paths, "CA bundle")
         if not anchors:
             raise CheckerError(f"no certificates found in {', '.join(map(str, ca_paths))}")
-        intermediates = load_bundle([*config.validation.untrusted, *untrusted])
-        crls = [*crl_files([*config.revocation.crl, *crl_paths]), *extra_crls]
+        intermediates = load_bundle([*config.validation.untrusted, *untrusted], "untrusted bundle")
+        crls = [
+            *crl_files([*config.revocation.crl, *crl_paths], config.revocation.crl_max_bytes),
+            *extra_crls,
+        ]
         return cls(
             anchors=anchors,
             intermediates=intermediates,

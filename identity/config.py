@@ -5,16 +5,22 @@ environment variable, then ``$XDG_CONFIG_HOME/idm/config.toml``. A missing defau
 an empty configuration; a missing file that was named explicitly is an error.
 docs/configuration.md documents every key.
 
-Only the standard library is imported here: the sshd helper reads this file too.
+Only the standard library (and idm's stdlib-only file reader) is imported here: the sshd
+helper reads this file too. Every number has a range (`LIMITS`); every error names the
+file and the key.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from idm.validator.inputfile import CONFIG_MAX_BYTES, InputFileError, read_input_file
 
 SOFTHSM2_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
@@ -145,6 +151,26 @@ _SECTIONS: dict[str, type] = {
     "server": ServerSettings,
 }
 
+_DAY = 86400
+# The accepted range of every number, (section, key) -> (lowest, highest); inclusive.
+# Documented in docs/configuration.md; a test checks that every number has one.
+LIMITS: dict[tuple[str, str], tuple[float, float]] = {
+    ("validation", "budget_seconds"): (0.1, 600),
+    ("validation", "max_intermediates"): (0, 32),
+    ("validation", "max_pool"): (1, 4096),
+    ("revocation", "connect_timeout"): (0.1, 300),
+    ("revocation", "read_timeout"): (0.1, 300),
+    ("revocation", "crl_max_bytes"): (1024, 2 << 30),
+    ("revocation", "ocsp_max_bytes"): (1024, 16 << 20),
+    ("revocation", "ocsp_max_age"): (60, 366 * _DAY),
+    ("tokens", "pin_cache"): (0, 7 * _DAY),
+    ("server", "snapshot_lifetime"): (60, 7 * _DAY),
+}
+
+
+def _number_text(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
 
 def _coerce(section: str, key: str, annotation: str, value: Any, base: Path) -> Any:
     where = f"[{section}] {key}"
@@ -180,8 +206,16 @@ def _coerce(section: str, key: str, annotation: str, value: Any, base: Path) -> 
     if annotation in ("int", "float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if value < 0:
-            raise ConfigError(f"{where}: must not be negative")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        if annotation == "int" and not float(value).is_integer():
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+        low, high = LIMITS[(section, key)]
+        if not low <= value <= high:
+            raise ConfigError(
+                f"{where}: {value!r} is out of range (from {_number_text(low)} "
+                f"to {_number_text(high)})"
+            )
         return int(value) if annotation == "int" else float(value)
     raise ConfigError(f"{where}: unsupported setting")  # pragma: no cover - schema bug
 
@@ -212,7 +246,18 @@ def _check(config: Config) -> None:
 
 
 def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
-    """Build a Config from parsed TOML; relative paths are relative to the file's folder."""
+    """Build a Config from parsed TOML; relative paths are relative to the file's folder.
+
+    Every error names the key, and the file when ``path`` is given."""
+    try:
+        return _parse(data, path)
+    except ConfigError as exc:
+        if path is None:
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _parse(data: dict[str, Any], path: Path | None) -> Config:
     base = path.parent if path else Path.cwd()
     config = Config(path=path)
     for name, value in data.items():
@@ -237,18 +282,24 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> Config:
     return config
 
 
-def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
-    """Read the configuration (see the module docstring for where from)."""
+def load_config(
+    explicit: str | os.PathLike[str] | None = None,
+    check: Callable[[str, os.stat_result], None] | None = None,
+) -> Config:
+    """Read the configuration (see the module docstring for where from).
+
+    The file must be a regular file of at most 1 MiB; ``check`` (the sshd helper's
+    ownership and mode rules) is called with the opened file's stat before it is read."""
     named = explicit or os.environ.get("IDM_CONFIG")
     path = Path(named).expanduser() if named else default_config_path()
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = read_input_file(path, "configuration file", CONFIG_MAX_BYTES, check)
+    except InputFileError as exc:
+        if not exc.missing:
+            raise ConfigError(str(exc)) from None
         if named:
             raise ConfigError(f"configuration file {path} does not exist") from None
         return Config()
-    except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:

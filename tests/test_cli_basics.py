@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -159,9 +160,13 @@ def test_unknown_status_is_refused() -> None:
     assert r.returncode == 2 and "'lost' is not one of" in r.stderr
 
 
-def test_authorized_keys_after_global_options(tmp_path: Path) -> None:
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[server]\nsnapshot = "{tmp_path / "missing.sqlite"}"\n')
+def test_authorized_keys_after_global_options() -> None:
+    from tests.server.helpers import safe_folder
+
+    folder = safe_folder()  # the helper refuses a configuration below /tmp (StrictModes)
+    cfg = folder / "c.toml"
+    cfg.write_text(f'[server]\nsnapshot = "{folder / "missing.sqlite"}"\n')
     r = idm("--config", str(cfg), "authorized-keys", "alice")
+    shutil.rmtree(folder)
     assert r.returncode == 1 and r.stdout == ""
     assert "missing.sqlite is missing" in r.stderr

@@ -1,6 +1,7 @@
 """Loading certificates and CA bundles from PEM, DER, bundles and folders.
 
-Every failure is a `MalformedInputError` with a one-line message naming the file.
+Every failure is a `MalformedInputError` with a one-line message naming the file. Files
+are read with `idm.validator.inputfile.read_input_file` (regular files only, size caps).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from idm.validator.errors import MalformedInputError
+from idm.validator.inputfile import BUNDLE_MAX_BYTES, CERTIFICATE_MAX_BYTES, read_input_file
 
 if TYPE_CHECKING:  # imported on use: FOLDER_SUFFIXES alone must not load `cryptography`
     from cryptography import x509
@@ -50,21 +52,20 @@ def parse_certificate(data: bytes, what: str = "input") -> x509.Certificate:
     return parse_certificates(data, what)[0]
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise MalformedInputError(f"{path}: cannot read ({e.strerror or e})") from None
+def load_certificate_file(
+    path: str | Path, what: str = "certificate file"
+) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """A certificate file: (leaf, untrusted intermediates that follow it in a PEM file).
 
-
-def load_certificate_file(path: str | Path) -> tuple[x509.Certificate, list[x509.Certificate]]:
-    """A certificate file: (leaf, untrusted intermediates that follow it in a PEM file)."""
+    ``what`` names the input in messages (an option such as "--cert")."""
     p = Path(path)
-    certs = parse_certificates(_read(p), str(p))
+    certs = parse_certificates(read_input_file(p, what, CERTIFICATE_MAX_BYTES), str(p))
     return certs[0], certs[1:]
 
 
-def load_bundle(paths: Iterable[str | Path]) -> list[x509.Certificate]:
+def load_bundle(
+    paths: Iterable[str | Path], what: str = "certificate bundle"
+) -> list[x509.Certificate]:
     """Certificates from PEM bundles, DER files and folders, without duplicates.
 
     A folder contributes its files with a certificate-like suffix (.pem .crt .cer .der);
@@ -84,9 +85,9 @@ def load_bundle(paths: Iterable[str | Path]) -> list[x509.Certificate]:
         elif p.exists():
             files = [p]
         else:
-            raise MalformedInputError(f"{p}: no such file or folder")
+            raise MalformedInputError(f"{what} {p}: no such file or folder")
         for f in files:
-            for cert in parse_certificates(_read(f), str(f)):
+            for cert in parse_certificates(read_input_file(f, what, BUNDLE_MAX_BYTES), str(f)):
                 fp = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
                 if fp not in seen:
                     seen.add(fp)

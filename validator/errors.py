@@ -1,6 +1,12 @@
 """Exceptions of idm.validator: each carries a one-line message for the user."""
 
-from typing import Any
+from __future__ import annotations
+
+# Not typing.TYPE_CHECKING: the sshd helper reads files through inputfile.py, which
+# imports this module, and importing typing would cost every login ~3 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ValidatorError(Exception):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import stat
 import sys
 import time
 
@@ -173,9 +174,12 @@ def _log(message: str, log_file: str | None, *, denied: bool) -> None:
     if log_file:
         try:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            # O_NONBLOCK: a FIFO without a reader must not hold the login (ENXIO instead).
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_NOCTTY
+            fd = os.open(log_file, flags, 0o640)
             try:
-                os.write(fd, f"{stamp} [{os.getpid()}] {line}\n".encode())
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.write(fd, f"{stamp} [{os.getpid()}] {line}\n".encode())
             finally:
                 os.close(fd)
         except OSError:
@@ -199,14 +203,17 @@ def _config(args: _Args) -> Config:
     explicit = args.config or os.environ.get("IDM_CONFIG")
     if not explicit and os.path.exists(DEFAULT_SYSTEM_CONFIG):
         explicit = DEFAULT_SYSTEM_CONFIG
+    from idm.identity.server.strictmodes import check_strict_modes
+
     try:
-        return load_config(explicit)
+        return load_config(explicit, check=check_strict_modes)
     except ConfigError as exc:
         raise Denied(f"configuration: {exc}") from None
 
 
 def _open_snapshot(args: _Args, config: Config | None) -> Snapshot:
     from idm.identity.server.snapshot import Snapshot, SnapshotError
+    from idm.identity.server.strictmodes import check_strict_modes
 
     if args.snapshot:
         path = args.snapshot
@@ -214,7 +221,7 @@ def _open_snapshot(args: _Args, config: Config | None) -> Snapshot:
         assert config is not None  # main() loads it whenever --snapshot is not given
         path = str(config.server.snapshot)
     try:
-        snap = Snapshot(path)
+        snap = Snapshot(path, check=check_strict_modes)
         snap.check_fresh()
     except SnapshotError as exc:
         raise Denied(str(exc)) from None

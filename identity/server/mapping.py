@@ -40,6 +40,7 @@ from idm.identity.certnames import (
     MalformedNamesError,
     fold_domain,
 )
+from idm.validator.inputfile import InputFileError, read_input_file
 
 RULES = ("principals", "email", "upn", "cn")
 # What a Unix user name may look like here (POSIX portable set plus @ for AD-style names).
@@ -132,10 +133,11 @@ def read_principals_dir(directory: Path | None) -> list[Explicit]:
         if user.startswith(".") or not valid_username(user):
             continue
         try:
-            data = path.read_bytes()[:MAX_PRINCIPALS_FILE]
-            text = data.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MappingError(f"cannot read principals file {path}: {exc}") from None
+            text = read_input_file(path, "principals file", MAX_PRINCIPALS_FILE).decode("utf-8")
+        except InputFileError as exc:
+            raise MappingError(str(exc)) from None
+        except UnicodeDecodeError:
+            raise MappingError(f"principals file {path}: not UTF-8 text") from None
         for n, raw in enumerate(text.splitlines(), start=1):
             line = raw.split("#", 1)[0].strip()
             if not line:

@@ -1,6 +1,7 @@
 """The login-time snapshot: what ``idm refresh`` decided, in a form sshd's helper reads fast.
 
-Standard library only: ``idm authorized-keys`` imports this at every login attempt.
+Standard library only (and idm's stdlib-only file reader): ``idm authorized-keys``
+imports this at every login attempt.
 
 The snapshot is a small SQLite file. ``idm refresh`` writes it to a temporary file in the
 same folder and renames it over the old one, so a reader sees either the old or the new
@@ -52,8 +53,16 @@ except ImportError:
     except ImportError:
         from hashlib import sha256 as _sha256  # type: ignore[assignment]
 
+from idm.validator.inputfile import InputFileError, open_regular_file
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs every login ~3 ms
+if TYPE_CHECKING:
+    from idm.validator.inputfile import FileCheck
+
 # -2 added keys.x509_line; a -1 file is refused as corrupt until `idm refresh` rewrites it.
 FORMAT = "idm-snapshot-2"
+# A snapshot whose written_at is further ahead of the reader's clock than this is refused.
+MAX_CLOCK_SKEW = 300
 
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -199,16 +208,26 @@ def write_snapshot(
 
 
 class Snapshot:
-    """A snapshot opened for reading; checks format, completeness and freshness on open."""
+    """A snapshot opened for reading; checks format and completeness on open.
 
-    def __init__(self, path: str | os.PathLike[str], *, now: float | None = None) -> None:
+    ``check`` (the helper's StrictModes rules) is called with the path and the stat of
+    the opened file before SQLite reads it; a FIFO, device or folder is refused without
+    blocking."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        now: float | None = None,
+        check: FileCheck | None = None,
+    ) -> None:
         self.path = Path(path)
         self.now = time.time() if now is None else now
         # The file may be replaced (renamed over) while we open it: the size we compare
         # must be that of the file SQLite opened, so stat before and after and retry if
         # the path changed its inode in between.
         for _attempt in range(5):
-            before = self._stat()
+            before = self._stat(check)
             try:
                 # immutable=1: the file is never changed in place (it is replaced by
                 # rename), so SQLite needs no locks and no -journal/-wal files next to it.
@@ -253,13 +272,18 @@ class Snapshot:
             self._conn.close()
             raise SnapshotError(f"snapshot {self.path} is corrupt: bad meta data") from None
 
-    def _stat(self) -> os.stat_result:
+    def _stat(self, check: FileCheck | None) -> os.stat_result:
+        """The stat of the file at the path, opened without blocking (regular files only)."""
         try:
-            return os.stat(self.path)
-        except FileNotFoundError:
-            raise SnapshotError(f"snapshot {self.path} is missing (run `idm refresh`)") from None
-        except OSError as exc:
-            raise SnapshotError(f"snapshot {self.path} is unreadable: {exc.strerror}") from None
+            fd, st = open_regular_file(self.path, "", check)
+        except InputFileError as exc:
+            if exc.missing:
+                raise SnapshotError(
+                    f"snapshot {self.path} is missing (run `idm refresh`)"
+                ) from None
+            raise SnapshotError(f"snapshot {exc}") from None
+        os.close(fd)
+        return st
 
     def _replaced(self, before: os.stat_result) -> bool:
         try:
@@ -278,7 +302,14 @@ class Snapshot:
         self.close()
 
     def check_fresh(self) -> None:
-        """Raise SnapshotError when the snapshot is past its deadline."""
+        """Raise SnapshotError when the snapshot is past its deadline, or was written
+        more than `MAX_CLOCK_SKEW` seconds in the future (a refresh run with a clock
+        ahead would otherwise stretch its lines' lifetime by as much)."""
+        if self.info.written_at > self.now + MAX_CLOCK_SKEW:
+            raise SnapshotError(
+                f"snapshot {self.path} was written in the future ({_utc(self.info.written_at)},"
+                f" now {_utc(int(self.now))}): was `idm refresh` run with a clock ahead?"
+            )
         if self.now >= self.info.deadline:
             raise SnapshotError(
                 f"snapshot {self.path} is stale: written {_utc(self.info.written_at)}, "

@@ -156,8 +156,8 @@ class PinProvider(Protocol):
 def read_pin_source(source: str) -> str:
     """Read a PIN from an RFC 7512 `pin-source`: a file path or a ``file:`` URI.
 
-    The first line is the PIN. The file must not be readable by group or others,
-    as OpenSSH demands of private keys.
+    The first line is the PIN. The file must be a regular file of at most 4 KiB, not
+    readable by group or others, as OpenSSH demands of private keys.
     """
     if source.startswith("file:"):
         parts = urlsplit(source)
@@ -168,15 +168,17 @@ def read_pin_source(source: str) -> str:
         raise PinUnavailable(f"pin-source {source!r}: only a file path or file: URI is supported")
     else:
         path = Path(source)
-    try:
-        st = path.stat()
+    from idm.validator.inputfile import PIN_SOURCE_MAX_BYTES, InputFileError, read_input_file
+
+    def private(_name: str, st: os.stat_result) -> None:
         if stat.S_IMODE(st.st_mode) & 0o077:
             raise PinUnavailable(f"pin-source {path} is readable by others: chmod 600 it")
-        with path.open("rb") as fh:
-            first = fh.readline(4097)
-    except OSError as exc:
-        raise PinUnavailable(f"cannot read pin-source {path}: {exc.strerror}") from None
-    pin = first.rstrip(b"\r\n")
+
+    try:
+        data = read_input_file(path, "pin-source", PIN_SOURCE_MAX_BYTES, check=private)
+    except InputFileError as exc:
+        raise PinUnavailable(f"cannot read {exc}") from None
+    pin = data.split(b"\n", 1)[0].rstrip(b"\r")
     if not pin:
         raise PinUnavailable(f"pin-source {path} is empty")
     try:

@@ -118,6 +118,21 @@ def helper(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     return subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
 
 
+SAFE_BASE = Path("/run/idm-server-tests")
+
+
+def safe_folder() -> Path:
+    """A new folder the helper's StrictModes check accepts: root-owned and 0755 up to /.
+
+    Under /run, not /tmp: /tmp is world-writable (1777), and sshd's rules, which the
+    helper follows, refuse any file below a folder that others can write."""
+    SAFE_BASE.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(SAFE_BASE, 0o755)
+    root = Path(tempfile.mkdtemp(prefix="t-", dir=SAFE_BASE))
+    os.chmod(root, 0o755)
+    return root
+
+
 @dataclass
 class HelperInstall:
     """The helper installed the way sshd needs it: a root-owned 0755 folder, not in /tmp.
@@ -138,11 +153,7 @@ class HelperInstall:
 
     @classmethod
     def create(cls) -> HelperInstall:
-        base = Path("/run/idm-server-tests")
-        base.mkdir(mode=0o755, exist_ok=True)
-        os.chmod(base, 0o755)
-        root = Path(tempfile.mkdtemp(prefix="t-", dir=base))
-        os.chmod(root, 0o755)
+        root = safe_folder()
         # A copy, not links: the checkout may sit where nobody cannot read (/root/...).
         pylib = root / "pylib" / "idm"
         for name in ("identity", "validator", "cli"):

@@ -53,8 +53,8 @@ def keys(tmp_path: Path) -> dict[str, tuple[str, str]]:
 
 
 @pytest.fixture
-def snapshot(tmp_path: Path, keys: dict[str, tuple[str, str]]) -> Path:
-    path = tmp_path / "state" / "snapshot.sqlite"
+def snapshot(safe_tmp: Path, keys: dict[str, tuple[str, str]]) -> Path:
+    path = safe_tmp / "state" / "snapshot.sqlite"
     now = int(time.time())
     entries = [
         entry(*keys["alice"], "alice", cert="a1" * 32),
@@ -136,8 +136,8 @@ def test_pkixssh_sshd_refusals(snapshot: Path, keys: dict, user: str, x509_type:
     assert why in proc.stderr, proc.stderr
 
 
-def test_pkixssh_sshd_needs_the_x509_line(tmp_path: Path, keys: dict) -> None:
-    path = tmp_path / "no-x509.sqlite"
+def test_pkixssh_sshd_needs_the_x509_line(safe_tmp: Path, keys: dict) -> None:
+    path = safe_tmp / "no-x509.sqlite"
     now = int(time.time())
     write_snapshot(path, [entry(*keys["carol"], "carol")], written_at=now, deadline=now + 60)
     assert run(path, "carol", "ssh-rsa", keys["carol"][1]).returncode == 0
@@ -145,8 +145,8 @@ def test_pkixssh_sshd_needs_the_x509_line(tmp_path: Path, keys: dict) -> None:
     assert proc.returncode == 1 and "no X.509 line for this key" in proc.stderr
 
 
-def test_stale_snapshot_refuses(tmp_path: Path, keys: dict) -> None:
-    path = tmp_path / "stale.sqlite"
+def test_stale_snapshot_refuses(safe_tmp: Path, keys: dict) -> None:
+    path = safe_tmp / "stale.sqlite"
     now = int(time.time())
     write_snapshot(path, [entry(*keys["alice"], "alice")], written_at=now - 7200,
                    deadline=now - 3600)
@@ -193,12 +193,12 @@ def test_help_and_usage(snapshot: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
-def test_config_errors_refuse(tmp_path: Path, keys: dict) -> None:
-    bad = tmp_path / "bad.toml"
+def test_config_errors_refuse(safe_tmp: Path, keys: dict) -> None:
+    bad = safe_tmp / "bad.toml"
     bad.write_text("[server\n")
     proc = helper("--config", str(bad), "alice", *keys["alice"])
     assert proc.returncode == 1 and "configuration" in proc.stderr and "TOML" in proc.stderr
-    proc = helper("--config", str(tmp_path / "none.toml"), "alice", *keys["alice"])
+    proc = helper("--config", str(safe_tmp / "none.toml"), "alice", *keys["alice"])
     assert proc.returncode == 1 and "does not exist" in proc.stderr
 
 

@@ -1,4 +1,8 @@
-"""`idm refresh`, the X.509 path of the helper, `idm allow`, and a fleet on PostgreSQL."""
+"""`idm refresh`, the X.509 path of the helper, `idm allow`, and a fleet on PostgreSQL.
+
+Configurations and snapshots live in ``safe_tmp`` (root-owned, 0755 up to /), not in
+pytest's tmp_path under the world-writable /tmp: the helper refuses those (StrictModes).
+"""
 
 from __future__ import annotations
 
@@ -24,11 +28,11 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleCA]:
         yield ca
 
 
-def setup(tmp_path: Path, ca: SampleCA, db: str | None = None, name: str = "srv",
+def setup(safe_tmp: Path, ca: SampleCA, db: str | None = None, name: str = "srv",
           **kw: object) -> Path:
-    db = db or f"sqlite:///{tmp_path / 'inventory.sqlite'}"
-    return write_config(tmp_path / f"{name}.toml", ca=ca.ca_bundle, untrusted=ca.chain,
-                        snapshot=tmp_path / name / "snapshot.sqlite", db=db, **kw)  # type: ignore[arg-type]
+    db = db or f"sqlite:///{safe_tmp / 'inventory.sqlite'}"
+    return write_config(safe_tmp / f"{name}.toml", ca=ca.ca_bundle, untrusted=ca.chain,
+                        snapshot=safe_tmp / name / "snapshot.sqlite", db=db, **kw)  # type: ignore[arg-type]
 
 
 def login_line(cfg: Path, user: str, cert: Path) -> subprocess.CompletedProcess[str]:
@@ -36,9 +40,9 @@ def login_line(cfg: Path, user: str, cert: Path) -> subprocess.CompletedProcess[
     return helper("--config", str(cfg), user, key_type, b64)
 
 
-def test_refresh_updates_statuses_events_and_snapshot(tmp_path: Path, ca: SampleCA) -> None:
-    cfg = setup(tmp_path, ca)
-    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+def test_refresh_updates_statuses_events_and_snapshot(safe_tmp: Path, ca: SampleCA) -> None:
+    cfg = setup(safe_tmp, ca)
+    inv = Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}")
     good = enroll(inv, ca.user("r-good"))
     gone = enroll(inv, ca.user("r-gone"))
     old = enroll(inv, ca.user("r-old", "--not-before", "-3d", "--not-after", "-1d"))
@@ -66,12 +70,12 @@ def test_refresh_updates_statuses_events_and_snapshot(tmp_path: Path, ca: Sample
 
 
 def test_responder_down_keeps_cached_status_but_new_certificates_wait(
-    tmp_path: Path, ca: SampleCA
+    safe_tmp: Path, ca: SampleCA
 ) -> None:
     # A CA of its own, so its server can be stopped without disturbing the other tests.
-    own = make_sample_ca(tmp_path, subdir="own-ca")
-    cfg = setup(tmp_path, own)
-    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    own = make_sample_ca(safe_tmp, subdir="own-ca")
+    cfg = setup(safe_tmp, own)
+    inv = Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}")
     with serving(own):
         enroll(inv, own.user("k-first"))
         idm("refresh", config=cfg)
@@ -89,30 +93,30 @@ def test_responder_down_keeps_cached_status_but_new_certificates_wait(
 
 
 def test_refresh_with_unreachable_database_keeps_the_old_snapshot(
-    tmp_path: Path, ca: SampleCA
+    safe_tmp: Path, ca: SampleCA
 ) -> None:
-    cfg = setup(tmp_path, ca)
-    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    cfg = setup(safe_tmp, ca)
+    inv = Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}")
     enroll(inv, ca.user("d-user"))
     idm("refresh", config=cfg)
-    before = (tmp_path / "srv" / "snapshot.sqlite").read_bytes()
+    before = (safe_tmp / "srv" / "snapshot.sqlite").read_bytes()
     dead = "postgresql+psycopg://idm@127.0.0.1:1/idm?connect_timeout=2"
     proc = idm("refresh", config=cfg, db=dead, check=False)
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("idm: error: refresh failed: cannot open the inventory")
     assert "previous snapshot stays in place, valid until" in line
-    assert (tmp_path / "srv" / "snapshot.sqlite").read_bytes() == before
+    assert (safe_tmp / "srv" / "snapshot.sqlite").read_bytes() == before
     assert login_line(cfg, "d-user", ca.user_cert("d-user")).returncode == 0
     inv.close()
 
 
 @pytest.mark.postgres
 def test_fleet_two_servers_one_postgresql_inventory(
-    tmp_path: Path, ca: SampleCA, postgres_url: str
+    safe_tmp: Path, ca: SampleCA, postgres_url: str
 ) -> None:
-    cfg_a = setup(tmp_path, ca, db=postgres_url, name="server-a", mapping=("email",))
-    cfg_b = setup(tmp_path, ca, db=postgres_url, name="server-b", mapping=("principals",))
+    cfg_a = setup(safe_tmp, ca, db=postgres_url, name="server-a", mapping=("email",))
+    cfg_b = setup(safe_tmp, ca, db=postgres_url, name="server-b", mapping=("principals",))
     inv = Inventory(postgres_url)
     cert = ca.user("fleet-user")
     enroll(inv, cert)
@@ -134,11 +138,11 @@ def test_fleet_two_servers_one_postgresql_inventory(
         assert "valid until" in proc.stderr
     assert login_line(cfg_a, "fleet-user", cert).returncode == 0
     assert login_line(cfg_b, "ops", cert).returncode == 0
-    with Snapshot(tmp_path / "server-a" / "snapshot.sqlite") as snap:
+    with Snapshot(safe_tmp / "server-a" / "snapshot.sqlite") as snap:
         deadline = snap.info.deadline
         assert deadline == snap.info.written_at + 3600
     with pytest.raises(SnapshotError, match="stale"):
-        Snapshot(tmp_path / "server-a" / "snapshot.sqlite", now=deadline).check_fresh()
+        Snapshot(safe_tmp / "server-a" / "snapshot.sqlite", now=deadline).check_fresh()
 
     # Revocation recorded by one server reaches the other through the shared inventory.
     ca.revoke(cert)
@@ -148,8 +152,8 @@ def test_fleet_two_servers_one_postgresql_inventory(
     inv.close()
 
 
-def test_allow_validates_and_removes(tmp_path: Path, ca: SampleCA) -> None:
-    cfg = setup(tmp_path, ca)
+def test_allow_validates_and_removes(safe_tmp: Path, ca: SampleCA) -> None:
+    cfg = setup(safe_tmp, ca)
     proc = idm("allow", "root", "--subject", "CN=x,=bad", config=cfg, check=False)
     assert proc.returncode == 2 and "not a distinguished name" in proc.stderr
     proc = idm("allow", "root", config=cfg, check=False)
@@ -176,10 +180,10 @@ def x509_args(cert: Path, form: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("form", ["legacy", "rfc6187"])
 def test_x509_path_validates_maps_and_prints_the_certificate_line(
-    tmp_path: Path, ca: SampleCA, form: str
+    safe_tmp: Path, ca: SampleCA, form: str
 ) -> None:
-    cfg = setup(tmp_path, ca)
-    Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}").close()
+    cfg = setup(safe_tmp, ca)
+    Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}").close()
     idm("refresh", config=cfg)  # an empty inventory: the snapshot only carries metadata
     cert = ca.user(f"x-{form}")  # never enrolled: a new card works with no server change
     key_type, b64 = x509_args(cert, form)
@@ -198,16 +202,16 @@ def test_x509_path_validates_maps_and_prints_the_certificate_line(
     assert revoked.returncode == 1 and "revoked" in revoked.stderr
 
 
-def test_x509_path_refuses_superseded_and_untrusted(tmp_path: Path, ca: SampleCA) -> None:
-    cfg = setup(tmp_path, ca)
-    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+def test_x509_path_refuses_superseded_and_untrusted(safe_tmp: Path, ca: SampleCA) -> None:
+    cfg = setup(safe_tmp, ca)
+    inv = Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}")
     cert = ca.user("x-super")
     enroll(inv, cert, status="superseded")
     idm("refresh", config=cfg)
     proc = helper("--config", str(cfg), "x-super", *x509_args(cert, "legacy"))
     assert proc.returncode == 1 and "superseded in the inventory" in proc.stderr
 
-    other = make_sample_ca(tmp_path, subdir="stranger-ca")
+    other = make_sample_ca(safe_tmp, subdir="stranger-ca")
     stranger = other.user("x-stranger")
     proc = helper("--config", str(cfg), "x-stranger", *x509_args(stranger, "legacy"))
     assert proc.returncode == 1 and "untrusted" in proc.stderr
@@ -219,11 +223,11 @@ def test_x509_path_refuses_superseded_and_untrusted(tmp_path: Path, ca: SampleCA
     ("ec-p256", ["x509v3-ecdsa-sha2-nistp256"]),
     ("ec-p384", ["x509v3-ecdsa-sha2-nistp384"]),
 ])
-def test_pkixssh_x509_type_with_the_plain_key(tmp_path: Path, ca: SampleCA, key: str,
+def test_pkixssh_x509_type_with_the_plain_key(safe_tmp: Path, ca: SampleCA, key: str,
                                               x509_types: list[str]) -> None:
     """PKIX-SSH's sshd: %t an X.509 type, %k the plain key; only a valid, mapped one passes."""
-    cfg = setup(tmp_path, ca)
-    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    cfg = setup(safe_tmp, ca)
+    inv = Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}")
     name = f"pk-{key}"
     good = ca.user(name, "--key", key)
     lost = ca.user(f"{name}-lost", "--key", key)
@@ -260,12 +264,12 @@ def test_pkixssh_x509_type_with_the_plain_key(tmp_path: Path, ca: SampleCA, key:
     inv.close()
 
 
-def test_principals_dir_maps_without_touching_the_inventory(tmp_path: Path, ca: SampleCA) -> None:
-    pdir = tmp_path / "principals"
+def test_principals_dir_maps_without_touching_the_inventory(safe_tmp: Path, ca: SampleCA) -> None:
+    pdir = safe_tmp / "principals"
     pdir.mkdir()
     (pdir / "deploy").write_text("# the deploy account\nCN=p-user, O=idm demo, C=XX\n")
-    cfg = setup(tmp_path, ca, principals_dir=pdir)
-    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+    cfg = setup(safe_tmp, ca, principals_dir=pdir)
+    inv = Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}")
     cert = ca.user("p-user")
     enroll(inv, cert)
     idm("refresh", config=cfg)
@@ -280,9 +284,9 @@ def test_principals_dir_maps_without_touching_the_inventory(tmp_path: Path, ca: 
     inv.close()
 
 
-def test_refresh_notices_a_superseded_card_being_revoked(tmp_path: Path, ca: SampleCA) -> None:
-    cfg = setup(tmp_path, ca)
-    inv = Inventory(f"sqlite:///{tmp_path / 'inventory.sqlite'}")
+def test_refresh_notices_a_superseded_card_being_revoked(safe_tmp: Path, ca: SampleCA) -> None:
+    cfg = setup(safe_tmp, ca)
+    inv = Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}")
     lost = enroll(inv, ca.user("s-lost"), status="superseded")
     kept = enroll(inv, ca.user("s-kept"), status="superseded")
     ca.revoke(ca.user_cert("s-lost"), reason="keyCompromise")
