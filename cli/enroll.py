@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import UserError, print_json, print_table
+from idm.cli.output import UserError, print_json, print_table, say
 from idm.cli.tokens import open_providers
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -182,7 +182,7 @@ def enroll_command(
             session = provider_set.open(uri.without_object(), pin)
             if issued is not None:
                 stored = session.store_certificate(issued)
-                click.echo(f"stored on token: {stored.uri}", err=True)
+                say(f"stored on token: {stored.uri}", err=True)
             certificates = session.certificates()
             info = session.info
             result = _with_checker(
@@ -293,10 +293,10 @@ def _new_key(
             except OSError as exc:
                 raise UserError(f"cannot write the CSR to {csr_out}: {exc.strerror}; "
                                 "the new key is deleted from the token again") from None
-            click.echo(f"wrote {csr_out}", err=True)
+            say(f"wrote {csr_out}", err=True)
         else:
             click.echo(pem.decode(), nl=False)
-    click.echo(f"new key: {key.uri} ({key.description})", err=True)
+    say(f"new key: {key.uri} ({key.description})", err=True)
 
 
 def _report(result: Any, as_json: bool) -> None:
@@ -322,7 +322,7 @@ def _report(result: Any, as_json: bool) -> None:
             }
         )
         return
-    click.echo(
+    say(
         f"token {result.token}: {len(result.certificates)} certificate(s)"
         + ("" if result.changed else ", nothing changed")
     )
@@ -331,6 +331,6 @@ def _report(result: Any, as_json: bool) -> None:
         [(c.status, c.sha256[:16], c.subject, c.reason or "-") for c in result.certificates],
     )
     for sha in result.superseded:
-        click.echo(f"superseded: {sha[:16]}")
+        say(f"superseded: {sha[:16]}")
     for why in result.skipped:
-        click.echo(f"skipped: {why}")
+        say(f"skipped: {why}")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import UserError, print_json, print_table
+from idm.cli.output import UserError, print_json, print_table, say
 from idm.identity.inventory import CERT_STATUSES
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -143,11 +143,11 @@ def show_command(app: AppContext, fingerprint: str, as_json: bool, pem: bool) ->
     if note:
         rows.append(("Note", note))
     for name, value in rows:
-        click.echo(f"{name + ':':13} {value}")
+        say(f"{name + ':':13} {value}")
     click.echo("Events (UTC):")
     for e in events:
         why = f" ({e.reason})" if e.reason else ""
-        click.echo(f"  {e.time:%Y-%m-%d %H:%M:%S}  {e.kind}{why}  [{e.command or '-'}]")
+        say(f"  {e.time:%Y-%m-%d %H:%M:%S}  {e.kind}{why}  [{e.command or '-'}]")
 
 
 def _decided_by(cert: Any, events: list[Any]) -> str:
@@ -231,7 +231,7 @@ def db_upgrade(app: AppContext, as_json: bool) -> None:
     if as_json:
         print_json({"url": inv.display_url, "from": before, "to": after})
     elif before == after:
-        click.echo(f"{inv.display_url}: schema is current (revision {after})")
+        say(f"{inv.display_url}: schema is current (revision {after})")
     else:
-        click.echo(f"{inv.display_url}: schema upgraded from {before or 'empty'} to {after}")
+        say(f"{inv.display_url}: schema upgraded from {before or 'empty'} to {after}")
     inv.close()

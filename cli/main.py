@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import UserError
+from idm.cli.output import UserError, say
 
 # name -> "module:attribute" of a click command; one line per command.
 COMMANDS: dict[str, str] = {
@@ -115,7 +115,7 @@ def run(argv: list[str] | None = None) -> None:
             UserError(str(exc)).show()
             sys.exit(UserError.exit_code)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        click.echo(f"idm: error: {message} (run with -v for details)", err=True)
+        say(f"idm: error: {message} (run with -v for details)", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 

@@ -1,4 +1,11 @@
-"""How the CLI speaks: one-line errors, compact JSON lines, plain tables."""
+"""How the CLI speaks: one-line errors, compact JSON lines, plain tables.
+
+Subjects, token labels, reasons and file names come from certificates, cards and users:
+any of them may hold ESC sequences or newlines. Everything human-readable goes out through
+`print_table`, `say`, `warn` or `UserError`, which pass it through
+`idm.identity.display.printable` (the one filter shared with the agent and the sshd
+helper); `print_json` keeps exact values.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from typing import Any
 
 import click
 
+from idm.identity.display import printable
+
 
 class UserError(click.ClickException):
     """A problem the user can fix: printed as one line, exit status 2, no traceback."""
@@ -20,7 +29,17 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"idm: error: {self.format_message()}", err=True)
+        say(f"idm: error: {self.format_message()}", err=True)
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """One line for a person, made printable (see the module docstring)."""
+    click.echo(printable(text), err=err)
+
+
+def warn(text: str) -> None:
+    """``idm: warning: TEXT`` on stderr, made printable."""
+    say(f"idm: warning: {text}", err=True)
 
 
 def confirm(question: str, *, yes: bool, refusal: str) -> None:
@@ -46,7 +65,7 @@ def print_json(obj: Any) -> None:
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A left-aligned text table; an empty table prints only its headers."""
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    cells = [[("" if c is None else printable(c)) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -101,7 +120,7 @@ class Progress:
         if not self.enabled:
             return
         with self._lock:
-            self._text, self._started = text, time.monotonic()
+            self._text, self._started = printable(text), time.monotonic()
             self._draw()
 
     def _tick(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import Progress, UserError, print_json, print_table
+from idm.cli.output import Progress, UserError, print_json, print_table, say, warn
 
 
 @click.command("refresh")
@@ -59,23 +59,21 @@ def refresh_command(app: AppContext, snapshot: str | None, as_json: bool) -> Non
     else:
         _refresh_report(result)
     for warning in result.warnings:
-        click.echo(f"idm: warning: {warning}", err=True)
+        warn(warning)
     for c in result.from_cache:
-        click.echo(f"idm: warning: {c.certificate[:16]} {c.subject}: checked from the cache: "
-                   f"{c.reason}", err=True)
+        warn(f"{c.certificate[:16]} {c.subject}: checked from the cache: {c.reason}")
     if result.unchecked:
-        click.echo(f"idm: error: {len(result.unchecked)} approved certificate(s) could not be "
-                   f"checked and authorize nothing now (exit status {result.exit_status}):",
-                   err=True)
+        say(f"idm: error: {len(result.unchecked)} approved certificate(s) could not be "
+            f"checked and authorize nothing now (exit status {result.exit_status}):", err=True)
         for c in result.unchecked:
-            click.echo(f"  {c.certificate[:16]} {c.subject}: {c.reason}", err=True)
+            say(f"  {c.certificate[:16]} {c.subject}: {c.reason}", err=True)
     click.get_current_context().exit(result.exit_status)
 
 
 def _refresh_report(result: Any) -> None:
     """The human report of `idm refresh`: the totals, then what entered and left, and why."""
     data = result.as_dict()
-    click.echo(
+    say(
         f"snapshot {data['snapshot']}: {result.snapshot.entries} key line(s) for "
         f"{result.users} user(s) from {result.authorized} of {result.checked} approved "
         f"certificate(s); valid until {data['deadline']}"
@@ -84,9 +82,9 @@ def _refresh_report(result: Any) -> None:
     if not diff.previous:
         click.echo("no previous snapshot: every entry is new")
     if diff.users_entered:
-        click.echo("users who can now log in: " + ", ".join(diff.users_entered))
+        say("users who can now log in: " + ", ".join(diff.users_entered))
     if diff.users_left:
-        click.echo("users who can no longer log in: " + ", ".join(diff.users_left))
+        say("users who can no longer log in: " + ", ".join(diff.users_left))
     moved = [("+", m) for m in diff.entered] + [("-", m) for m in diff.left]
     if moved:
         click.echo("\nSnapshot changes:")
@@ -150,7 +148,7 @@ def allow_command(
         return
     verb = ("removed" if changed else "was not there") if remove else (
         "added" if changed else "already there")
-    click.echo(f"{user}: {kind} {value}: {verb} (takes effect at the next `idm refresh`)")
+    say(f"{user}: {kind} {value}: {verb} (takes effect at the next `idm refresh`)")
 
 
 @click.command("krl")
@@ -173,7 +171,7 @@ def krl_command(app: AppContext, output: str, as_json: bool) -> None:
     if as_json:
         print_json({"output": output, "keys": len(blobs)})
         return
-    click.echo(f"{output}: {len(blobs)} revoked key(s)")
+    say(f"{output}: {len(blobs)} revoked key(s)")
 
 
 @click.command(

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import UserError, print_json, print_table
+from idm.cli.output import UserError, print_json, print_table, say, warn
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -37,7 +37,7 @@ def _inventory_state(app: AppContext) -> Any:
     try:
         inventory = app.inventory()
     except UserError as exc:
-        click.echo(f"idm: warning: inventory not consulted: {exc.format_message()}", err=True)
+        warn(f"inventory not consulted: {exc.format_message()}")
         return None
 
     def lookup(identity: Any) -> str | None:
@@ -101,7 +101,7 @@ def tokens_command(app: AppContext, providers: tuple[str, ...], as_json: bool) -
     if not as_json:
         if not tokens:
             searched = ", ".join(m.path for m in provider_set.modules) or "no providers"
-            click.echo(f"no tokens present (providers: {searched})", err=True)
+            say(f"no tokens present (providers: {searched})", err=True)
         print_table(["URI", "LABEL", "MANUFACTURER", "MODEL", "SERIAL", "PIN", "INVENTORY"], rows)
 
 
@@ -153,7 +153,7 @@ def objects_command(
         try:
             private_keys = session.keys("private", login=login)
         except (PinUnavailable, PinCancelled) as exc:
-            click.echo(f"idm: warning: private keys not listed: {exc}", err=True)
+            warn(f"private keys not listed: {exc}")
             private_keys = session.keys("private")
     except TokenError as exc:
         raise UserError(str(exc)) from None

@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import UserError, print_json, print_table
+from idm.cli.output import UserError, print_json, print_table, say
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -57,7 +57,7 @@ def export_command(app: AppContext, fingerprints: tuple[str, ...], output: str |
             tmp.unlink(missing_ok=True)
             raise UserError(f"cannot write {output}: {exc.strerror}") from None
     where = "" if output is None else f" to {output}"
-    click.echo(f"exported {count} approved certificate(s){where}", err=True)
+    say(f"exported {count} approved certificate(s){where}", err=True)
 
 
 @click.command("import")
@@ -113,7 +113,7 @@ def import_command(app: AppContext, file: str, as_json: bool) -> None:
         for c in result.certificates:
             counts[c.status] = counts.get(c.status, 0) + 1
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
-        click.echo(
+        say(
             f"{file}: {len(result.certificates)} certificate(s): {summary}"
             + ("" if result.changed else "; nothing changed")
         )
@@ -131,6 +131,6 @@ def import_command(app: AppContext, file: str, as_json: bool) -> None:
             ],
         )
         for sha in result.superseded:
-            click.echo(f"superseded: {sha[:16]}")
+            say(f"superseded: {sha[:16]}")
     if not result.all_approved:
         sys.exit(1)

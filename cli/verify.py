@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from idm.cli.output import UserError, print_json
+from idm.cli.output import UserError, print_json, say, warn
 
 if TYPE_CHECKING:
     from idm.cli.context import AppContext
@@ -317,9 +317,9 @@ def _report(target: str, leaf: dict[str, str] | None, verdict: Verdict, as_json:
     if as_json:
         print_json(_result_json(target, leaf, verdict))
     else:
-        click.echo(f"{target}: {verdict.status}: {verdict.reason}")
+        say(f"{target}: {verdict.status}: {verdict.reason}")
     for w in verdict.warnings:
-        click.echo(f"idm: warning: {target}: {w}", err=True)
+        warn(f"{target}: {w}")
 
 
 def _malformed_json(target: str, reason: str, der: bytes | None = None) -> dict[str, Any]:
@@ -467,7 +467,7 @@ def verify(
             raise UserError(str(e)) from None
         built.store = store if store is not None else MemoryRevocationStore()
         for w in warnings:
-            click.echo(f"idm: warning: {w}", err=True)
+            warn(w)
         return built
 
     any_invalid = False
@@ -509,7 +509,7 @@ def _full_check(
     try:
         resolved = resolve_target(target, app)
     except TargetError as e:
-        click.echo(f"idm: error: {e}", err=True)
+        say(f"idm: error: {e}", err=True)
         if as_json and e.malformed:
             print_json(_malformed_json(target, str(e)))
         return None
@@ -521,7 +521,7 @@ def _full_check(
         if as_json:
             print_json(_malformed_json(target, str(e), resolved.leaf_der))
         else:
-            click.echo(f"{target}: malformed: {e}")
+            say(f"{target}: malformed: {e}")
         return False
     try:
         verdict = checker.check(leaf, intermediates=extra_certs, at=moment)
