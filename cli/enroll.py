@@ -58,7 +58,8 @@ def _load_certificate(path: str, option: str) -> Any:
 )
 @click.option("--new-key", type=click.Choice(KINDS), help="Generate a key pair on the token.")
 @click.option("--subject", metavar="DN", help="Subject of the CSR for --new-key (RFC 4514).")
-@click.option("--csr", "csr_out", metavar="OUT", help="Write the CSR here (default: stdout).")
+@click.option("--csr", "csr_out", metavar="OUT",
+              help="Write the CSR here (default: stdout); its folder must exist.")
 @click.option("--label", metavar="LABEL", help="CKA_LABEL of the new key (default: idm).")
 @click.option(
     "--import-cert",
@@ -272,8 +273,15 @@ def _new_key(
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
+    from idm.identity.outputpath import OutputPathError, check_output_path
+
     if not subject:
         raise UserError("--new-key needs --subject DN (e.g. 'CN=Alice,O=Example')")
+    if csr_out:
+        try:  # before the key is made: a CSR that cannot be written would strand it
+            check_output_path(csr_out)
+        except OutputPathError as exc:
+            raise UserError(str(exc)) from None
     try:
         name = x509.Name.from_rfc4514_string(subject)
     except ValueError as exc:

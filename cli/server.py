@@ -15,8 +15,8 @@ from idm.cli.output import Progress, UserError, print_json, print_table, say, wa
 
 
 @click.command("refresh")
-@click.option("--snapshot", "snapshot", type=click.Path(dir_okay=False), metavar="FILE",
-              help="Write this snapshot instead of [server] snapshot.")
+@click.option("--snapshot", "snapshot", metavar="FILE",
+              help="Write this snapshot instead of [server] snapshot (its folder must exist).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with the result.")
 @click.pass_obj
 def refresh_command(app: AppContext, snapshot: str | None, as_json: bool) -> None:
@@ -152,8 +152,9 @@ def allow_command(
 
 
 @click.command("krl")
-@click.option("--output", "output", required=True, type=click.Path(dir_okay=False),
-              metavar="FILE", help="Where to write the KRL (replaced atomically).")
+@click.option("--output", "output", required=True,
+              metavar="FILE",
+              help="Where to write the KRL (replaced atomically; its folder must exist).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with the result.")
 @click.pass_obj
 def krl_command(app: AppContext, output: str, as_json: bool) -> None:
@@ -161,8 +162,13 @@ def krl_command(app: AppContext, output: str, as_json: bool) -> None:
 
     For sshd_config `RevokedKeys FILE`; check a key with `ssh-keygen -Q -f FILE key.pub`.
     """
+    from idm.identity.outputpath import OutputPathError, check_output_path
     from idm.identity.server.krl import build_krl, revoked_blobs, write_krl
 
+    try:
+        check_output_path(output)
+    except OutputPathError as exc:
+        raise UserError(str(exc)) from None
     blobs = revoked_blobs(app.inventory())
     try:
         write_krl(output, build_krl(blobs))

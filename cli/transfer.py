@@ -27,7 +27,8 @@ pass_app = click.make_pass_decorator(AppContext)
 @click.command("export")
 @click.argument("fingerprints", nargs=-1, metavar="[FINGERPRINT]...")
 @click.option(
-    "-o", "--output", metavar="FILE", help="Write the export document here (default: stdout)."
+    "-o", "--output", metavar="FILE",
+    help="Write the export document here (default: stdout). Its folder must exist.",
 )
 @pass_app
 def export_command(app: AppContext, fingerprints: tuple[str, ...], output: str | None) -> None:
@@ -37,10 +38,15 @@ def export_command(app: AppContext, fingerprints: tuple[str, ...], output: str |
     for the reader, its subject, principals and fingerprints. It holds no private key and
     no PIN. FINGERPRINT (SHA-256 prefixes) limits it to those certificates.
     """
+    from idm.identity.outputpath import OutputPathError, check_output_path
     from idm.identity.transfer import TransferError, export_document
 
     try:
+        if output is not None:
+            check_output_path(output)
         doc = export_document(app.inventory(), fingerprints)
+    except OutputPathError as exc:
+        raise UserError(str(exc)) from None
     except TransferError as exc:
         raise UserError(str(exc)) from None
     text = json.dumps(doc, indent=2) + "\n"
@@ -74,12 +80,18 @@ def import_command(app: AppContext, file: str, as_json: bool) -> None:
     file again changes nothing.
     """
     from idm.cli.enroll import _command, _with_checker
-    from idm.identity.transfer import TransferError, import_document, read_document
+    from idm.identity.transfer import (
+        MAX_DOCUMENT_BYTES,
+        TransferError,
+        import_document,
+        read_document,
+    )
+    from idm.validator.inputfile import InputFileError, read_input_file
 
     try:
-        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {file}: {exc.strerror}") from None
+        data = read_input_file(file, "", MAX_DOCUMENT_BYTES, stdin=True)
+    except InputFileError as exc:
+        raise UserError(str(exc)) from None
     try:
         entries = read_document(data)
     except TransferError as exc:

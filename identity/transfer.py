@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 FORMAT = "idm-export"
 VERSION = 1
+# The largest export document `idm import` reads (~30,000 certificates).
+MAX_DOCUMENT_BYTES = 64 << 20
 TOKEN_FIELDS = ("manufacturer", "model", "serial", "label")
 
 

@@ -73,6 +73,7 @@ OPTIONS = [
     ("enroll --crl", ["enroll", "--token", ABSENT_TOKEN, "--cert", "{cert}", "--ca", "{ca}",
                       "--crl", "{bad}"], True),
     ("--config", ["--config", "{bad}", "list"], False),
+    ("import FILE", ["import", "{bad}"], False),
 ]
 
 
@@ -113,6 +114,15 @@ def test_configured_paths_refuse_special_files(
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.splitlines()
     assert str(files[kind]) in line and "not a regular file" in line, line
+
+
+def test_import_from_stdin_is_capped(tmp_path: Path) -> None:
+    """`idm import -` reads standard input (a pipe is fine there) up to the same cap."""
+    with open("/dev/zero", "rb") as zero:
+        proc = subprocess.run([IDM, "--db", f"sqlite:///{tmp_path / 'i.sqlite'}", "import", "-"],
+                              stdin=zero, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2
+    assert "standard input: larger than the limit of 67,108,864 bytes" in proc.stderr
 
 
 def test_size_caps(tmp_path: Path, files: dict[str, Path]) -> None:

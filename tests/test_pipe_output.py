@@ -3,6 +3,7 @@ terminal escape codes: colour, bold and self-rewriting progress lines are for te
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from sample_ca_fixture import SampleCA
 
 from idm.cli.main import COMMANDS
-from tests.server.helpers import write_config
+from tests.server.helpers import safe_folder, write_config
 from tests.softhsm import SOFTHSM_MODULE, SoftHSM, softhsm  # noqa: F401  (fixture)
 from tests.terminal import IDM
 
@@ -36,8 +37,9 @@ def test_commands_into_a_pipe_are_plain(tmp_path: Path, served_sample_ca: Sample
     going to pipes."""
     ca = served_sample_ca
     token = softhsm.init_token("pipe-card")
-    config = write_config(tmp_path / "config.toml", ca=ca.ca_bundle, untrusted=ca.chain,
-                          snapshot=tmp_path / "snapshot.sqlite",
+    state = safe_folder()  # the helper refuses a configuration or snapshot below /tmp
+    config = write_config(state / "config.toml", ca=ca.ca_bundle, untrusted=ca.chain,
+                          snapshot=state / "snapshot.sqlite",
                           db=f"sqlite:///{tmp_path / 'inventory.sqlite'}",
                           extra=f'[tokens]\nproviders = ["{SOFTHSM_MODULE}"]\n')
     cert = ca.user_cert("alice")
@@ -58,11 +60,14 @@ def test_commands_into_a_pipe_are_plain(tmp_path: Path, served_sample_ca: Sample
         ["krl", "--output", str(tmp_path / "revoked.krl")],
         ["export", "--output", str(export)],
         ["import", str(export)],
-        ["authorized-keys", "--snapshot", str(tmp_path / "snapshot.sqlite"), "alice"],
+        ["authorized-keys", "--snapshot", str(state / "snapshot.sqlite"), "alice"],
         ["agent", "-k"],  # an error (exit 2): no agent to stop
     ]
-    for args in runs:
-        r = run_piped(*common, *args, env=softhsm.env)
-        assert ESC not in r.stdout + r.stderr, (args, r.stdout, r.stderr)
-        assert r.returncode == (2 if args[0] in ("show", "agent") else 0), (args, r.stderr)
-        assert r.stdout or r.stderr, args  # each said something
+    try:
+        for args in runs:
+            r = run_piped(*common, *args, env=softhsm.env)
+            assert ESC not in r.stdout + r.stderr, (args, r.stdout, r.stderr)
+            assert r.returncode == (2 if args[0] in ("show", "agent") else 0), (args, r.stderr)
+            assert r.stdout or r.stderr, args  # each said something
+    finally:
+        shutil.rmtree(state)

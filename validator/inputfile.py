@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 from idm.validator.errors import MalformedInputError
 
@@ -103,8 +104,19 @@ def read_input_file(
     what: str,
     max_bytes: int,
     check: FileCheck | None = None,
+    *,
+    stdin: bool = False,
 ) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes`` (see the module docstring)."""
+    """The bytes of a regular file of at most ``max_bytes`` (see the module docstring).
+
+    With ``stdin``, the path ``-`` means standard input (any kind of file: a pipe is the
+    point), read up to the same cap."""
+    if stdin and os.fspath(path) == "-":
+        data = sys.stdin.buffer.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise InputFileError(f"{_label(what, 'standard input')}: larger than the limit of "
+                                 f"{max_bytes:,} bytes")
+        return data
     fd, st = open_regular_file(path, what, check)
     label = _label(what, path)
     too_big = f"{label}: larger than the limit of {max_bytes:,} bytes"

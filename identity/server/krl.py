@@ -65,9 +65,10 @@ def revoked_blobs(inventory: Inventory) -> list[bytes]:
 
 
 def write_krl(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write atomically (temporary file, then rename), world-readable like sshd needs."""
+    """Write atomically (temporary file, then rename), world-readable like sshd needs.
+
+    The folder must exist (`idm.identity.outputpath.check_output_path`)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -42,8 +42,9 @@ from cryptography import x509
 
 from idm.identity import sshwire as w
 from idm.identity.checker import CertificateChecker, plain_key_blob
-from idm.identity.config import Config
+from idm.identity.config import Config, ServerSettings
 from idm.identity.inventory.store import CertificateRecord, Inventory, InventoryError
+from idm.identity.outputpath import OutputPathError, check_output_path
 from idm.identity.server.mapping import Explicit, Mapper, MappingError, explicit_from_records
 from idm.identity.server.mapping import read_principals_dir as read_principals_files
 from idm.identity.server.snapshot import (
@@ -233,7 +234,6 @@ def _iso(epoch: int) -> str:
 
 def _lock(snapshot_path: Path) -> int:
     """Take the refresh lock next to the snapshot; returns the fd that holds it."""
-    snapshot_path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = snapshot_path.with_name(snapshot_path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -271,6 +271,15 @@ def refresh(
     """Run one refresh (see the module docstring); RefreshError if it cannot."""
     path = Path(snapshot_path or config.server.snapshot)
     now = now or datetime.now(UTC)
+    try:
+        if path == ServerSettings().snapshot:
+            # idm's own default folder ($XDG_STATE_HOME/idm) is made; a named one must exist.
+            path.parent.mkdir(parents=True, exist_ok=True)
+        check_output_path(path)
+    except OSError as exc:
+        raise RefreshError(f"cannot create {path.parent}: {exc.strerror}") from None
+    except OutputPathError as exc:
+        raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
     try:
         file_principals = read_principals_files(config.server.principals_dir)
     except MappingError as exc:

@@ -144,8 +144,7 @@ def write_snapshot(
     import tempfile
 
     target = Path(path)
-    folder = target.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = target.parent  # must exist: see idm.identity.outputpath
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -93,6 +93,9 @@ def write_config(
         lines.append(f'principals_dir = "{principals_dir}"')
     path.write_text("\n".join(lines) + "\n" + extra)
     os.chmod(path, 0o644)
+    # The snapshot's folder, as an administrator makes /var/lib/idm: idm refresh writes a
+    # named snapshot only into a folder that exists.
+    snapshot.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 

@@ -55,6 +55,7 @@ def keys(tmp_path: Path) -> dict[str, tuple[str, str]]:
 @pytest.fixture
 def snapshot(safe_tmp: Path, keys: dict[str, tuple[str, str]]) -> Path:
     path = safe_tmp / "state" / "snapshot.sqlite"
+    path.parent.mkdir()
     now = int(time.time())
     entries = [
         entry(*keys["alice"], "alice", cert="a1" * 32),

@@ -68,6 +68,7 @@ def denied(proc: subprocess.CompletedProcess[str], *words: str) -> str:
 
 
 def test_the_safe_layout_is_accepted(safe_tmp: Path, key: tuple[str, str]) -> None:
+    (safe_tmp / "state").mkdir()
     snap = write(safe_tmp / "state" / "snapshot.sqlite", key)
     proc = helper("--snapshot", str(snap), "alice", *key)
     assert proc.returncode == 0 and key[1] in proc.stdout, proc.stderr

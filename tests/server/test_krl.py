@@ -31,7 +31,7 @@ def test_krl_lists_revoked_and_superseded_keys(tmp_path: Path) -> None:
     enroll(inv, ca.user("k-superseded"), status="superseded")
     enroll(inv, ca.user("k-pending"), status="pending")
     inv.close()
-    krl = tmp_path / "out" / "revoked.krl"
+    krl = tmp_path / "revoked.krl"
     proc = idm("krl", "--output", str(krl), db=db)
     assert "2 revoked key(s)" in proc.stdout
     assert krl.stat().st_mode & 0o777 == 0o644
