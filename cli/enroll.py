@@ -278,8 +278,8 @@ def _new_key(
     if not subject:
         raise UserError("--new-key needs --subject DN (e.g. 'CN=Alice,O=Example')")
     if csr_out:
-        try:  # before the key is made: a CSR that cannot be written would strand it
-            check_output_path(csr_out)
+        try:  # before the key is made: a typo in the folder costs no key on the card
+            check_output_path(csr_out, special_ok=True)
         except OutputPathError as exc:
             raise UserError(str(exc)) from None
     try:

@@ -19,8 +19,11 @@ class OutputPathError(ValueError):
     """An output path idm will not write (one line: ``cannot write <PATH>: <why>``)."""
 
 
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path when its folder exists and it is absent or a regular file."""
+def check_output_path(path: str | os.PathLike[str], *, special_ok: bool = False) -> Path:
+    """``path`` as a Path when its folder exists and it is absent or a regular file.
+
+    ``special_ok`` also accepts a FIFO or a device (``--csr /dev/stdout``): for outputs
+    written in place, not through a temporary file renamed over the target."""
     target = Path(path)
     folder = target.absolute().parent
     try:
@@ -37,7 +40,7 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
         return target
     except OSError as exc:
         raise OutputPathError(f"cannot write {target}: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(mode) and not (special_ok and not stat.S_ISDIR(mode)):
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise OutputPathError(f"cannot write {target}: it is {kind}")
     return target
