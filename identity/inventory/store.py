@@ -4,22 +4,35 @@ Every change runs in one transaction and writes its event rows in the same trans
 a crash leaves either the whole change or none of it. On SQLite, write transactions start
 with ``BEGIN IMMEDIATE`` (WAL mode, a busy timeout): two processes writing at once wait
 for each other instead of failing with "database is locked", which a deferred transaction
-that upgrades from read to write cannot avoid. The same code runs on PostgreSQL.
+that upgrades from read to write cannot avoid. The same code runs on PostgreSQL, where
+writers do not wait for each other: a row a transaction reads to change it is read
+``FOR UPDATE`` (a second writer waits, then sees the first one's change, so an event is
+written once), and a method that inserts a row unless it exists (`record_token`,
+`add_certificate`, `allow`) runs again when another writer inserted the same row first
+(`_race_safe`): the second run finds the row. Eight processes enrolling, allowing and
+refreshing at once give no failure and exact counts (tests/test_inventory_concurrency.py).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    IntegrityError,
+    NoSuchModuleError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
@@ -45,6 +58,35 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 class InventoryError(Exception):
     """The inventory cannot be opened or cannot do what was asked (a one-line message)."""
+
+
+class WriteConflict(InventoryError):
+    """Another writer inserted the same row first (a unique constraint): run again."""
+
+
+# How often a method that lost an insert race is run again; the second run finds the row,
+# so more than one retry means something else is wrong.
+RACE_RETRIES = 3
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
+
+def _race_safe(
+    method: Callable[Concatenate[Inventory, _P], _T],
+) -> Callable[Concatenate[Inventory, _P], _T]:
+    """Run an insert-unless-present method again when it lost the race to another writer."""
+
+    @functools.wraps(method)
+    def run(self: Inventory, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        for attempt in range(1, RACE_RETRIES + 1):
+            try:
+                return method(self, *args, **kwargs)
+            except WriteConflict:
+                if attempt == RACE_RETRIES:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return run
 
 
 def now() -> datetime:
@@ -114,6 +156,12 @@ def make_engine(url: str) -> Engine:
 
 def _safe(url: URL) -> str:
     return url.render_as_string(hide_password=True)
+
+
+def _detail(exc: DatabaseError) -> str:
+    """The database's own one-line message ("database or disk is full", …)."""
+    text = str(exc.orig).strip() if exc.orig else str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -299,14 +347,13 @@ class Inventory:
         return before, SCHEMA_REVISION
 
     @contextmanager
-    def _connect_errors(self) -> Iterator[None]:
+    def _connect_errors(self, doing: str = "cannot open the inventory") -> Iterator[None]:
         try:
             yield
-        except DatabaseError as exc:  # connection refused, not a database, …
-            detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise InventoryError(
-                f"cannot open the inventory at {self.display_url}: {detail}"
-            ) from None
+        except IntegrityError as exc:
+            raise WriteConflict(f"{doing} at {self.display_url}: {_detail(exc)}") from None
+        except DatabaseError as exc:  # connection refused, not a database, disk full, …
+            raise InventoryError(f"{doing} at {self.display_url}: {_detail(exc)}") from None
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -317,7 +364,10 @@ class Inventory:
     @contextmanager
     def writing(self) -> Iterator[Session]:
         """One write transaction: everything in it commits together or not at all."""
-        with self._connect_errors(), Session(self._writer, expire_on_commit=False) as session:
+        with (
+            self._connect_errors("cannot write to the inventory"),
+            Session(self._writer, expire_on_commit=False) as session,
+        ):
             with session.begin():
                 yield session
 
@@ -373,6 +423,7 @@ class Inventory:
 
     # -- tokens -----------------------------------------------------------------------------
 
+    @_race_safe
     def record_token(
         self,
         manufacturer: str,
@@ -382,14 +433,18 @@ class Inventory:
         *,
         module_path: str | None = None,
         command: str | None = None,
+        present: bool = True,
     ) -> TokenRecord:
-        """Insert the token or mark it present and seen now; events only for changes."""
+        """Insert the token or mark it present and seen now; events only for changes.
+
+        With ``present=False`` (a card registered from a certificate file, not inserted)
+        a new token is recorded as absent, and a known one is left as it is."""
         t = now()
         with self.writing() as s:
             row = s.scalars(
                 select(Token).filter_by(
                     manufacturer=manufacturer, model=model, serial=serial, label=label
-                )
+                ).with_for_update()
             ).one_or_none()
             if row is None:
                 row = Token(
@@ -400,12 +455,14 @@ class Inventory:
                     module_path=module_path,
                     first_seen=t,
                     last_seen=t,
-                    state="present",
+                    state="present" if present else "absent",
                 )
                 s.add(row)
                 s.flush()
                 self._event(s, "token-added", token_id=row.id, command=command)
-            else:
+                if not present:
+                    self._event(s, "token-absent", token_id=row.id, command=command)
+            elif present:
                 row.last_seen = t
                 if module_path:
                     row.module_path = module_path
@@ -421,7 +478,7 @@ class Inventory:
         if state not in TOKEN_STATES:
             raise ValueError(f"unknown token state {state!r}")
         with self.writing() as s:
-            row = s.get(Token, token_id)
+            row = s.get(Token, token_id, with_for_update=True)
             if row is None:
                 raise InventoryError(f"no token with id {token_id}")
             if row.state != state:
@@ -432,7 +489,7 @@ class Inventory:
         """A scan found the token in its reader now: last_seen is now, and an absent
         token is present again (with an event). A retired token stays retired."""
         with self.writing() as s:
-            row = s.get(Token, token_id)
+            row = s.get(Token, token_id, with_for_update=True)
             if row is None:
                 raise InventoryError(f"no token with id {token_id}")
             row.last_seen = now()
@@ -451,7 +508,7 @@ class Inventory:
         token was retired already).
         """
         with self.writing() as s:
-            row = s.get(Token, token_id)
+            row = s.get(Token, token_id, with_for_update=True)
             if row is None:
                 raise InventoryError(f"no token with id {token_id} in the inventory")
             if row.state == "retired":
@@ -493,6 +550,7 @@ class Inventory:
 
     # -- certificates -----------------------------------------------------------------------
 
+    @_race_safe
     def add_certificate(
         self, record: CertificateRecord, *, command: str | None = None
     ) -> tuple[CertificateRecord, bool]:
@@ -502,7 +560,9 @@ class Inventory:
         certificate that had none (it was registered before its card was seen).
         """
         with self.writing() as s:
-            row = s.scalars(select(Certificate).filter_by(sha256=record.sha256)).one_or_none()
+            row = s.scalars(
+                select(Certificate).filter_by(sha256=record.sha256).with_for_update()
+            ).one_or_none()
             if row is not None:
                 if row.token_id is None and record.token_id is not None:
                     row.token_id = record.token_id
@@ -603,7 +663,9 @@ class Inventory:
         if status not in CERT_STATUSES:
             raise ValueError(f"unknown certificate status {status!r}")
         with self.writing() as s:
-            row = s.scalars(select(Certificate).filter_by(sha256=sha256)).one_or_none()
+            row = s.scalars(
+                select(Certificate).filter_by(sha256=sha256).with_for_update()
+            ).one_or_none()
             if row is None:
                 raise InventoryError(f"no certificate {sha256} in the inventory")
             if row.status == status:
@@ -624,7 +686,9 @@ class Inventory:
         names its SHA-256, subject and last status.
         """
         with self.writing() as s:
-            row = s.scalars(select(Certificate).filter_by(sha256=sha256)).one_or_none()
+            row = s.scalars(
+                select(Certificate).filter_by(sha256=sha256).with_for_update()
+            ).one_or_none()
             if row is None:
                 raise InventoryError(f"no certificate {sha256} in the inventory")
             record = _cert_record(row)
@@ -643,7 +707,9 @@ class Inventory:
     ) -> None:
         """Remember the last validation result (no event: statuses carry the story)."""
         with self.writing() as s:
-            row = s.scalars(select(Certificate).filter_by(sha256=sha256)).one_or_none()
+            row = s.scalars(
+                select(Certificate).filter_by(sha256=sha256).with_for_update()
+            ).one_or_none()
             if row is None:
                 raise InventoryError(f"no certificate {sha256} in the inventory")
             row.verdict_status = verdict_status
@@ -668,6 +734,7 @@ class Inventory:
 
     # -- explicit principals (idm allow) ----------------------------------------------------
 
+    @_race_safe
     def allow(self, username: str, kind: str, value: str, *, command: str | None = None) -> bool:
         """Let USER log in with certificates of this subject DN or principal name."""
         if kind not in ("subject", "principal"):
@@ -675,6 +742,7 @@ class Inventory:
         with self.writing() as s:
             exists = s.scalars(
                 select(Principal).filter_by(username=username, kind=kind, value=value)
+                .with_for_update()
             ).one_or_none()
             if exists:
                 return False
@@ -686,6 +754,7 @@ class Inventory:
         with self.writing() as s:
             row = s.scalars(
                 select(Principal).filter_by(username=username, kind=kind, value=value)
+                .with_for_update()
             ).one_or_none()
             if row is None:
                 return False

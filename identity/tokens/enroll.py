@@ -237,20 +237,17 @@ def enroll_certificate(
     """Register `certificate` for `token` (which may be absent) and enroll it."""
     if not _is_ca(certificate):
         _check_owner(inventory, token, [certificate])
-    known = inventory.find_token(token.manufacturer, token.model, token.serial, token.label)
-    if present or known is None:
-        record = inventory.record_token(
-            token.manufacturer,
-            token.model,
-            token.serial,
-            token.label,
-            module_path=module_path,
-            command=command,
-        )
-        if not present:
-            inventory.set_token_state(record.id, "absent", command=command)
-    else:
-        record = known  # an absent token stays as the inventory knows it: no new events
+    # One call, so that concurrent registrations of the same absent card cannot interleave
+    # (present/absent events back and forth): a known absent token stays as it is.
+    record = inventory.record_token(
+        token.manufacturer,
+        token.model,
+        token.serial,
+        token.label,
+        module_path=module_path,
+        command=command,
+        present=present,
+    )
     result = EnrollmentResult(token, record.id)
     if _is_ca(certificate):
         result.skipped.append("a CA certificate is not an identity")
