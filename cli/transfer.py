@@ -91,7 +91,7 @@ def import_command(app: AppContext, file: str, as_json: bool) -> None:
     try:
         data = read_input_file(file, "", MAX_DOCUMENT_BYTES, stdin=True)
     except InputFileError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"cannot read {exc}") from None
     try:
         entries = read_document(data)
     except TransferError as exc:

@@ -32,6 +32,7 @@ def config(tmp_path: Path) -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'db = "sqlite:///{tmp_path / "inv.sqlite"}"\n'
                    f'[validation]\nca = ["{ca}"]\n[revocation]\npolicy = "off"\n')
+    assert idm("--config", str(cfg), "db", "upgrade").returncode == 0  # krl, refresh need one
     return cfg
 
 
