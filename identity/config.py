@@ -156,10 +156,14 @@ _DAY = 86400
 # Documented in docs/configuration.md; a test checks that every number has one.
 LIMITS: dict[tuple[str, str], tuple[float, float]] = {
     ("validation", "budget_seconds"): (0.1, 600),
+    ("validation", "time_limit"): (0.1, 3600),
     ("validation", "max_intermediates"): (0, 32),
     ("validation", "max_pool"): (1, 4096),
+    ("validation", "min_rsa_bits"): (1024, 16384),
+    ("validation", "expiry_warning_days"): (0, 3650),
     ("revocation", "connect_timeout"): (0.1, 300),
     ("revocation", "read_timeout"): (0.1, 300),
+    ("revocation", "fetch_timeout"): (0.1, 3600),
     ("revocation", "crl_max_bytes"): (1024, 2 << 30),
     ("revocation", "ocsp_max_bytes"): (1024, 16 << 20),
     ("revocation", "ocsp_max_age"): (60, 366 * _DAY),
