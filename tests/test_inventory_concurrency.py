@@ -24,7 +24,7 @@ from tests.validator.pki import make_cert, pem
 
 IDM = str(Path(sys.executable).with_name("idm"))
 WRITERS = 8
-ROUNDS = 2
+ROUNDS = 3
 
 
 def at_once(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:

@@ -93,6 +93,14 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def known_revisions() -> list[str]:
+    """The schema revisions this idm's migrations define, oldest first."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(Path(__file__).parent / "migrations"))
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
 def default_db_url() -> str:
     return f"sqlite:///{default_data_dir() / 'inventory.sqlite'}"
 
@@ -321,12 +329,47 @@ class Inventory:
     # -- schema -----------------------------------------------------------------------------
 
     def schema_revision(self) -> str | None:
-        """The schema's Alembic revision, or None for an empty database."""
+        """The schema's Alembic revision, or None for an empty database.
+
+        An InventoryError, before anything is written, when the schema marker is one this
+        idm cannot work with: a revision it does not know (a newer idm wrote it), or a
+        marker that is empty, holds several revisions or is missing beside idm's tables.
+        """
         with self._connect_errors():
             with self.engine.connect() as conn:
-                if not inspect(conn).has_table("alembic_version"):
+                schema = inspect(conn)
+                if not schema.has_table("alembic_version"):
+                    if schema.has_table("certificates"):
+                        raise self._bad_marker("has idm's tables but no schema marker")
                     return None
-                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                rows = [r for (r,) in conn.execute(text("SELECT version_num FROM alembic_version"))]
+        if rows == [SCHEMA_REVISION]:  # the usual case: no need to read the migrations
+            return SCHEMA_REVISION
+        if len(rows) != 1:
+            raise self._bad_marker(
+                f"has an inconsistent schema marker ({len(rows)} revisions: "
+                f"{', '.join(map(repr, rows)) or 'none'})"
+            )
+        known = known_revisions()
+        (revision,) = rows
+        if revision in known:
+            return revision
+        if revision.isdigit() and known[-1].isdigit() and int(revision) > int(known[-1]):
+            raise InventoryError(
+                f"the inventory at {self.display_url} has schema revision {revision!r}: a "
+                f"newer idm wrote it, and this idm knows revisions {known[0]} to {known[-1]} "
+                "only; use the newer idm (nothing was changed)"
+            )
+        raise self._bad_marker(
+            f"has an unknown schema revision {revision!r} (this idm knows {known[0]} to "
+            f"{known[-1]})"
+        )
+
+    def _bad_marker(self, what: str) -> InventoryError:
+        return InventoryError(
+            f"the inventory at {self.display_url} {what}: it was not written by idm or was "
+            "changed by hand (nothing was changed)"
+        )
 
     def upgrade(self) -> tuple[str | None, str]:
         """Bring the schema to the newest revision; returns (before, after)."""
