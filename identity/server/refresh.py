@@ -56,6 +56,7 @@ from idm.identity.server.snapshot import (
     comment_for,
     expiry_epoch,
     key_digest,
+    remove_stale_temp_files,
     write_snapshot,
 )
 from idm.validator import verdict as v
@@ -290,6 +291,9 @@ def refresh(
         raise RefreshError(f"cannot lock {path}: {exc.strerror}; "
                            f"{previous_deadline(path)}") from None
     try:
+        # Under the lock no other refresh of this snapshot runs: leftovers of one that was
+        # killed before its rename go (a writer that is alive is never touched).
+        remove_stale_temp_files(path)
         return _refresh_locked(inventory, config, path, now, command, file_principals,
                                progress)
     finally:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 import time
 from collections import namedtuple
 from collections.abc import Iterable, Iterator
@@ -145,7 +146,10 @@ def write_snapshot(
 
     target = Path(path)
     folder = target.parent  # must exist: see idm.identity.outputpath
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    # The writer's pid in the name lets a later refresh tell a dead writer's leftover from
+    # a file being written (remove_stale_temp_files).
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp",
+                                    dir=folder)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -204,6 +208,50 @@ def write_snapshot(
         finally:
             os.close(dir_fd)
     return SnapshotInfo(target, int(written_at), int(deadline), source, count)
+
+
+# A temporary snapshot file untouched for this long has no live writer (a writer changes it
+# continuously until it renames it).
+STALE_TEMP_SECONDS = 60
+
+
+def remove_stale_temp_files(path: str | os.PathLike[str], *, now: float | None = None) -> int:
+    """Remove the temporary files `write_snapshot` left next to ``path`` when it was killed
+    before its rename: those named ``.NAME.PID.*.tmp`` whose writer PID is gone, and any
+    ``.NAME.*.tmp`` unchanged for `STALE_TEMP_SECONDS`. Returns how many were removed."""
+    target = Path(path)
+    prefix = f".{target.name}."
+    moment = time.time() if now is None else now
+    removed = 0
+    try:
+        names = [n for n in os.listdir(target.parent)
+                 if n.startswith(prefix) and n.endswith(".tmp")]
+    except OSError:
+        return 0
+    for name in names:
+        tmp = target.parent / name
+        middle = name[len(prefix):-len(".tmp")].split(".")
+        try:
+            st = os.lstat(tmp)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            writer_gone = len(middle) == 2 and middle[0].isdigit() and not _alive(int(middle[0]))
+            if writer_gone or moment - st.st_mtime > STALE_TEMP_SECONDS:
+                os.unlink(tmp)
+                removed += 1
+        except OSError:
+            continue  # renamed or removed meanwhile by its writer
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 class Snapshot:
