@@ -133,6 +133,17 @@ def test_show_unknown_and_events_json(isolated_home: Path) -> None:
     assert r.returncode == 0 and r.stdout == ""
 
 
+@pytest.mark.parametrize("command", ["show", "events --certificate"])
+@pytest.mark.parametrize("value", ["garbage", "0123456789abcdef"])
+def test_a_bad_fingerprint_is_a_user_error_everywhere(isolated_home: Path, command: str,
+                                                      value: str) -> None:
+    idm("db", "upgrade")
+    r = idm(*command.split(), value)
+    assert r.returncode == 2, r.stderr
+    [line] = r.stderr.splitlines()
+    assert line.startswith("idm: error: ") and "run with -v" not in line
+
+
 @click.command("exit-three")
 @click.pass_context
 def exit_three(ctx: click.Context) -> None:
