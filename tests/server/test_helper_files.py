@@ -74,33 +74,25 @@ def test_the_safe_layout_is_accepted(safe_tmp: Path, key: tuple[str, str]) -> No
     assert proc.returncode == 0 and key[1] in proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
-def test_special_file_as_snapshot_is_refused_at_once(
-    safe_tmp: Path, key: tuple[str, str], kind: str
-) -> None:
+def special(path: Path, kind: str) -> Path:
+    """A FIFO or a folder at ``path``, or /dev/zero."""
     if kind == "fifo":
-        target = safe_tmp / "snapshot.sqlite"
-        os.mkfifo(target, 0o644)
+        os.mkfifo(path, 0o644)
     elif kind == "folder":
-        target = safe_tmp / "snapshot.sqlite"
-        target.mkdir()
+        path.mkdir()
     else:
-        target = Path("/dev/zero")
-    proc = run("--snapshot", str(target), "alice", *key)
-    denied(proc, str(target), "not a regular file")
+        return Path("/dev/zero")
+    return path
 
 
-@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
-def test_special_file_as_config_is_refused_at_once(
-    safe_tmp: Path, key: tuple[str, str], kind: str
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder"])
+@pytest.mark.parametrize("option", ["--snapshot", "--config"])
+def test_special_file_as_snapshot_or_config_is_refused_at_once(
+    safe_tmp: Path, key: tuple[str, str], option: str, kind: str
 ) -> None:
-    if kind == "fifo":
-        target = safe_tmp / "config.toml"
-        os.mkfifo(target, 0o644)
-    else:
-        target = Path("/dev/zero")
-    denied(run("--config", str(target), "alice", *key), "configuration", str(target),
-           "not a regular file")
+    target = special(safe_tmp / "file", kind)
+    words = ["configuration"] if option == "--config" else []
+    denied(run(option, str(target), "alice", *key), *words, str(target), "not a regular file")
 
 
 def test_fifo_as_log_file_does_not_hold_the_login(safe_tmp: Path, key: tuple[str, str]) -> None:
@@ -131,20 +123,17 @@ def test_strict_modes_refuse_and_say_why(
     state.mkdir(parents=True)
     snap = write(state / "snapshot.sqlite", key)
     given = snap
-    if damage == "file-group-writable":
-        snap.chmod(0o664)
-    elif damage == "file-world-writable":
-        snap.chmod(0o646)
-    elif damage == "file-owned-by-nobody":
-        os.chown(snap, NOBODY, -1)
-    elif damage == "folder-world-writable":
-        state.chmod(0o777)
-    elif damage == "folder-sticky-like-tmp":
-        state.chmod(0o1777)
-    elif damage == "folder-owned-by-nobody":
-        os.chown(state, NOBODY, -1)
-    elif damage == "grandparent-group-writable":
-        state.parent.chmod(0o775)
+    damages = {
+        "file-group-writable": lambda: snap.chmod(0o664),
+        "file-world-writable": lambda: snap.chmod(0o646),
+        "file-owned-by-nobody": lambda: os.chown(snap, NOBODY, -1),
+        "folder-world-writable": lambda: state.chmod(0o777),
+        "folder-sticky-like-tmp": lambda: state.chmod(0o1777),
+        "folder-owned-by-nobody": lambda: os.chown(state, NOBODY, -1),
+        "grandparent-group-writable": lambda: state.parent.chmod(0o775),
+    }
+    if damage in damages:
+        damages[damage]()
     else:  # the file is safe, but the symlink naming it sits where anyone can replace it
         open_dir = safe_tmp / "open"
         open_dir.mkdir()
