@@ -7,7 +7,7 @@ import os
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import print_json
+from idm.cli.output import print_json, say
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -42,6 +42,6 @@ def doctor_command(app: AppContext, sshd_config: str, as_json: bool) -> None:
         print_json({"ok": not failed, "checks": [f.as_dict() for f in findings]})
     else:
         for f in findings:
-            click.echo(f"{f.status:5} {f.check}: {f.detail}" + (f"; fix: {f.fix}" if f.fix
-                                                                 and f.status != "ok" else ""))
+            say(f"{f.status:5} {f.check}: {f.detail}" + (f"; fix: {f.fix}" if f.fix
+                                                          and f.status != "ok" else ""))
     click.get_current_context().exit(1 if failed else 0)

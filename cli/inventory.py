@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import UserError, print_json, print_table, say
+from idm.cli.output import UserError, print_json, print_table, say, warn
 from idm.identity.inventory import CERT_STATUSES
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -81,7 +81,7 @@ def token_presence(app: AppContext) -> dict[int, str]:
         found = scan_presence(app.inventory(), providers, command=command_line())
     except (UserError, TokenError) as exc:
         message = exc.format_message() if isinstance(exc, UserError) else str(exc)
-        click.echo(f"idm: warning: token presence not checked: {message}", err=True)
+        warn(f"token presence not checked: {message}")
         return {}
     return {p.token.id: p.present for p in found}
 

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import UserError, confirm, print_json
+from idm.cli.output import UserError, confirm, print_json, say
 from idm.cli.tokens import open_providers, provider_option
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -90,9 +90,9 @@ def retire_command(
                     "withdrawn": withdrawn})
         return
     if record.state == "retired":
-        click.echo(f"token {name} was retired already; nothing changed")
+        say(f"token {name} was retired already; nothing changed")
         return
-    click.echo(f"token {name} retired; {len(withdrawn)} certificate(s) withdrawn (superseded)")
+    say(f"token {name} retired; {len(withdrawn)} certificate(s) withdrawn (superseded)")
     for sha in withdrawn:
         click.echo(f"  {sha[:16]}")
 
@@ -150,7 +150,7 @@ def delete_key_command(
     if as_json:
         print_json({"key": str(key.uri), "objects_deleted": count})
         return
-    click.echo(f"deleted {key.uri} ({key.description}): {count} object(s)")
+    say(f"deleted {key.uri} ({key.description}): {count} object(s)")
 
 
 @click.command("forget")
@@ -184,5 +184,5 @@ def forget_command(app: AppContext, fingerprint: str, yes: bool, as_json: bool) 
         print_json({"forgotten": forgotten.sha256, "subject": forgotten.subject,
                     "status": forgotten.status})
         return
-    click.echo(f"forgot certificate {forgotten.sha256[:16]} ({forgotten.subject}, "
-               f"was {forgotten.status})")
+    say(f"forgot certificate {forgotten.sha256[:16]} ({forgotten.subject}, "
+        f"was {forgotten.status})")

@@ -53,7 +53,7 @@ def confirm(question: str, *, yes: bool, refusal: str) -> None:
         return
     if not sys.stdin.isatty():
         raise UserError(f"{refusal}; give --yes to go ahead")
-    if not click.confirm(f"{refusal}. {question}", default=False, err=True):
+    if not click.confirm(printable(f"{refusal}. {question}"), default=False, err=True):
         click.echo("idm: nothing changed", err=True)
         raise click.exceptions.Exit(1)
 

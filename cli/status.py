@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import print_json
+from idm.cli.output import print_json, say
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -47,20 +47,21 @@ def _when(iso: str) -> str:
 
 
 def _print(report: Any) -> None:
-    click.echo(f"Inventory {report.inventory}, {report.now:%Y-%m-%d %H:%M} UTC "
-               f"(expiry warning {report.warn_days} days ahead)")
+    say(f"Inventory {report.inventory}, {report.now:%Y-%m-%d %H:%M} UTC "
+        f"(expiry warning {report.warn_days} days ahead)")
     by_card: dict[str, list[Any]] = {}
     for item in report.identities:
         by_card.setdefault(_card_words(item), []).append(item)
     for card, items in by_card.items():
-        click.echo(f"\n{card}")
+        click.echo()
+        say(card)
         for item in items:
             r = item.record
-            click.echo(f"  {r.subject} ({r.sha256[:16]}): {r.status}")
+            say(f"  {r.subject} ({r.sha256[:16]}): {r.status}")
             expiry = f"{r.not_after:%Y-%m-%d} ({item.days_left} days)"
             if item.expiry_warning:
                 expiry += " WARNING: soon"
-            click.echo(f"    expires   {expiry}")
+            say(f"    expires   {expiry}")
             if r.verified_at is None:
                 check = "never checked"
             else:
@@ -68,32 +69,37 @@ def _print(report: Any) -> None:
                 if r.fresh_until:
                     check += (f", {'stale since' if item.revocation == 'stale' else 'fresh until'}"
                               f" {r.fresh_until:%Y-%m-%d %H:%M} UTC")
-            click.echo(f"    checked   {check}")
+            say(f"    checked   {check}")
             if item.users:
-                click.echo(f"    logs in   as {', '.join(item.users)} (rule {item.rule})")
+                say(f"    logs in   as {', '.join(item.users)} (rule {item.rule})")
             elif item.rule and item.rule.startswith("error"):
-                click.echo(f"    logs in   {item.rule}")
+                say(f"    logs in   {item.rule}")
             else:
-                click.echo("    logs in   as nobody (no mapping rule names a user)")
+                say("    logs in   as nobody (no mapping rule names a user)")
     if report.not_shown:
-        click.echo(f"\n({report.not_shown} superseded or replaced identit"
-                   f"{'y' if report.not_shown == 1 else 'ies'} not shown: `idm list`)")
+        click.echo()
+        say(f"({report.not_shown} superseded or replaced identit"
+            f"{'y' if report.not_shown == 1 else 'ies'} not shown: `idm list`)")
     if report.grants:
-        click.echo("\nGranted with `idm allow` / principals_dir:")
+        click.echo()
+        say("Granted with `idm allow` / principals_dir:")
         for user, kind, value in report.grants:
-            click.echo(f"  {user} <- {kind} {value}")
+            say(f"  {user} <- {kind} {value}")
     snap = report.snapshot
     if snap is not None:
         if "error" in snap:
-            click.echo(f"\nSnapshot: {snap['error']}")
+            click.echo()
+            say(f"Snapshot: {snap['error']}")
         else:
-            click.echo(f"\nSnapshot {snap['path']}: {snap['entries']} key line(s), written "
-                       f"{_when(snap['written_at'])}, valid until {_when(snap['deadline'])} "
-                       f"({'fresh' if snap['fresh'] else 'STALE'})")
+            click.echo()
+            say(f"Snapshot {snap['path']}: {snap['entries']} key line(s), written "
+                f"{_when(snap['written_at'])}, valid until {_when(snap['deadline'])} "
+                f"({'fresh' if snap['fresh'] else 'STALE'})")
     actions = report.all_actions
-    click.echo("\nNext actions:" + ("" if actions else " none"))
+    click.echo()
+    say("Next actions:" + ("" if actions else " none"))
     for action in actions:
-        click.echo(f"  - {action}")
+        say(f"  - {action}")
 
 
 def _card_words(item: Any) -> str:

@@ -231,8 +231,7 @@ def objects_command(
         lonely = [k for k in private_keys if cert_of_key.get(id(k)) is None
                   and uri.matches_object(label=k.label, id=k.id, type="private")]
         if lonely:
-            click.echo(
-                f"idm: note: {len(lonely)} private key(s) without a certificate on the token "
+            say(f"idm: note: {len(lonely)} private key(s) without a certificate on the token "
                 "(e.g. left by an interrupted `idm enroll --new-key`); delete one with "
                 f"`idm token delete-key '{lonely[0].uri}'`", err=True)
 
