@@ -355,7 +355,7 @@ class RevocationCheck:
                 if state.status == "good":
                     return CertResult("good", "", True, state.evidence, state.fresh_until)
                 errors.extend(p for p in state.problems if p not in errors)
-        if not (needed or errors):
+        if not (f.dps or ocsps or state.at_hand or errors):
             errors.append("no CRL distribution point, no OCSP responder and no CRL held")
         if not errors:
             errors.append("no CRL or OCSP status could be had")
