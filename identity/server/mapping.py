@@ -32,6 +32,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
@@ -41,6 +42,9 @@ from idm.identity.certnames import (
     fold_domain,
 )
 from idm.validator.inputfile import InputFileError, read_input_file
+
+if TYPE_CHECKING:
+    from idm.validator.inputfile import FileCheck
 
 RULES = ("principals", "email", "upn", "cn")
 # What a Unix user name may look like here (POSIX portable set plus @ for AD-style names).
@@ -117,8 +121,14 @@ def _same_dn(a: x509.Name, b: x509.Name) -> bool:
     return [(x.oid, x.value) for x in a] == [(y.oid, y.value) for y in b]
 
 
-def read_principals_dir(directory: Path | None) -> list[Explicit]:
-    """The explicit authorizations in ``principals_dir`` (one file per user)."""
+def read_principals_dir(
+    directory: Path | None, check: FileCheck | None = None
+) -> list[Explicit]:
+    """The explicit authorizations in ``principals_dir`` (one file per user).
+
+    ``check`` is applied to each file before it is read: the sshd helper and `idm refresh`
+    pass sshd's StrictModes (idm.identity.server.strictmodes), since whoever can write a
+    principals file grants logins."""
     if directory is None:
         return []
     try:
@@ -133,7 +143,9 @@ def read_principals_dir(directory: Path | None) -> list[Explicit]:
         if user.startswith(".") or not valid_username(user):
             continue
         try:
-            text = read_input_file(path, "principals file", MAX_PRINCIPALS_FILE).decode("utf-8")
+            text = read_input_file(
+                path, "principals file", MAX_PRINCIPALS_FILE, check
+            ).decode("utf-8")
         except InputFileError as exc:
             raise MappingError(str(exc)) from None
         except UnicodeDecodeError:

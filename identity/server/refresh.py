@@ -59,6 +59,7 @@ from idm.identity.server.snapshot import (
     remove_stale_temp_files,
     write_snapshot,
 )
+from idm.identity.server.strictmodes import check_strict_modes
 from idm.validator import verdict as v
 from idm.validator.revocation.store import (
     CrlInfo,
@@ -282,7 +283,7 @@ def refresh(
     except OutputPathError as exc:
         raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
     try:
-        file_principals = read_principals_files(config.server.principals_dir)
+        file_principals = read_principals_files(config.server.principals_dir, check_strict_modes)
     except MappingError as exc:
         raise RefreshError(f"{exc}; {previous_deadline(path)}") from None
     try:

@@ -24,6 +24,7 @@ from idm.identity.config import Config
 from idm.identity.server.authorized_keys import Denied, _log
 from idm.identity.server.mapping import Explicit, Mapper, MappingError, read_principals_dir
 from idm.identity.server.snapshot import Snapshot, comment_for, expiry_epoch, key_digest
+from idm.identity.server.strictmodes import check_strict_modes
 from idm.validator.revocation.store import (
     CrlInfo,
     Entry,
@@ -142,7 +143,7 @@ def authorize_x509(
         raise Denied(f"{what}: {verdict.status}: {verdict.reason}")
     try:
         explicit = [Explicit(*p) for p in snap.principals()]
-        explicit += read_principals_dir(config.server.principals_dir)
+        explicit += read_principals_dir(config.server.principals_dir, check_strict_modes)
         rule, users = Mapper(config.server.mapping, explicit).map(cert)
     except MappingError as exc:
         raise Denied(f"{what}: mapping: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -120,3 +121,15 @@ def test_valid_username() -> None:
     assert valid_username("alice") and valid_username("a.b-c_d") and valid_username("x@corp")
     for bad in ("", "-x", "a b", "a/b", "ä", "a\n"):
         assert not valid_username(bad)
+
+
+def test_principals_files_are_held_to_strict_modes(tmp_path: Path) -> None:
+    """A principals file grants logins: one writable by others is refused, as sshd refuses
+    such an AuthorizedPrincipalsFile (the helper and refresh pass the StrictModes check)."""
+    from idm.identity.server.strictmodes import check_strict_modes
+
+    (tmp_path / "alice").write_text("alice@example.org\n")
+    os.chmod(tmp_path / "alice", 0o666)
+    with pytest.raises(MappingError, match="StrictModes"):
+        read_principals_dir(tmp_path, check_strict_modes)
+    assert read_principals_dir(tmp_path)  # without the check (not a login decision)
