@@ -7,7 +7,8 @@ import os
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import print_json, say
+from idm.cli.output import paint, print_json
+from idm.identity.display import printable
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -41,7 +42,9 @@ def doctor_command(app: AppContext, sshd_config: str, as_json: bool) -> None:
     if as_json:
         print_json({"ok": not failed, "checks": [f.as_dict() for f in findings]})
     else:
+        hues = {"ok": "green", "fail": "red", "warn": "yellow"}
         for f in findings:
-            say(f"{f.status:5} {f.check}: {f.detail}" + (f"; fix: {f.fix}" if f.fix
-                                                          and f.status != "ok" else ""))
+            status = paint(f"{f.status:5}", hues.get(f.status), bold=f.status == "fail")
+            fix = f"; fix: {f.fix}" if f.fix and f.status != "ok" else ""
+            click.echo(f"{status} {printable(f'{f.check}: {f.detail}{fix}')}")
     click.get_current_context().exit(1 if failed else 0)

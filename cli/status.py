@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
-from idm.cli.output import print_json, say
+from idm.cli.output import STATUS_COLOURS, print_json, say, say_wrapped
 
 pass_app = click.make_pass_decorator(AppContext)
 
@@ -47,21 +47,23 @@ def _when(iso: str) -> str:
 
 
 def _print(report: Any) -> None:
-    say(f"Inventory {report.inventory}, {report.now:%Y-%m-%d %H:%M} UTC "
-        f"(expiry warning {report.warn_days} days ahead)")
+    say_wrapped(f"Inventory {report.inventory}, {report.now:%Y-%m-%d %H:%M} UTC "
+                f"(expiry warning {report.warn_days} days ahead)", indent=2)
     by_card: dict[str, list[Any]] = {}
     for item in report.identities:
         by_card.setdefault(_card_words(item), []).append(item)
     for card, items in by_card.items():
         click.echo()
-        say(card)
+        say_wrapped(card, indent=2)
         for item in items:
             r = item.record
-            say(f"  {r.subject} ({r.sha256[:16]}): {r.status}")
+            say_wrapped(f"  {r.subject} ({r.sha256[:16]}): {r.status}", indent=2,
+                        colour=STATUS_COLOURS.get(r.status))
             expiry = f"{r.not_after:%Y-%m-%d} ({item.days_left} days)"
             if item.expiry_warning:
                 expiry += " WARNING: soon"
-            say(f"    expires   {expiry}")
+            say_wrapped(f"    expires   {expiry}", indent=10,
+                        colour="yellow" if item.expiry_warning else None)
             if r.verified_at is None:
                 check = "never checked"
             else:
@@ -69,11 +71,12 @@ def _print(report: Any) -> None:
                 if r.fresh_until:
                     check += (f", {'stale since' if item.revocation == 'stale' else 'fresh until'}"
                               f" {r.fresh_until:%Y-%m-%d %H:%M} UTC")
-            say(f"    checked   {check}")
+            say_wrapped(f"    checked   {check}", indent=10)
             if item.users:
-                say(f"    logs in   as {', '.join(item.users)} (rule {item.rule})")
+                say_wrapped(f"    logs in   as {', '.join(item.users)} (rule {item.rule})",
+                            indent=10)
             elif item.rule and item.rule.startswith("error"):
-                say(f"    logs in   {item.rule}")
+                say_wrapped(f"    logs in   {item.rule}", indent=10)
             else:
                 say("    logs in   as nobody (no mapping rule names a user)")
     if report.not_shown:
@@ -84,22 +87,23 @@ def _print(report: Any) -> None:
         click.echo()
         say("Granted with `idm allow` / principals_dir:")
         for user, kind, value in report.grants:
-            say(f"  {user} <- {kind} {value}")
+            say_wrapped(f"  {user} <- {kind} {value}", indent=4)
     snap = report.snapshot
     if snap is not None:
         if "error" in snap:
             click.echo()
-            say(f"Snapshot: {snap['error']}")
+            say_wrapped(f"Snapshot: {snap['error']}", indent=2, colour="red")
         else:
             click.echo()
-            say(f"Snapshot {snap['path']}: {snap['entries']} key line(s), written "
-                f"{_when(snap['written_at'])}, valid until {_when(snap['deadline'])} "
-                f"({'fresh' if snap['fresh'] else 'STALE'})")
+            say_wrapped(f"Snapshot {snap['path']}: {snap['entries']} key line(s), written "
+                        f"{_when(snap['written_at'])}, valid until {_when(snap['deadline'])} "
+                        f"({'fresh' if snap['fresh'] else 'STALE'})", indent=2,
+                        colour=None if snap["fresh"] else "red")
     actions = report.all_actions
     click.echo()
     say("Next actions:" + ("" if actions else " none"))
     for action in actions:
-        say(f"  - {action}")
+        say_wrapped(f"  - {action}", indent=2)
 
 
 def _card_words(item: Any) -> str:
