@@ -7,35 +7,45 @@ a thread, and never keeps another client from being served. There is no connecti
 limit besides the process's open-file limit (which ``idm agent`` raises to the hard
 limit at start).
 
-Framing: a message is ``uint32 length`` + body. The length is checked as soon as its
-four bytes are in (over :data:`~idm.identity.agent.protocol.MAX_MESSAGE_SIZE`: one
-FAILURE, then the connection is closed, since the stream cannot be resynchronised). A
-message that has started must be complete within :data:`BODY_TIMEOUT` seconds of its
-first byte, or the connection is closed; an idle connection (ssh keeps one open for a
-whole session) may wait forever.
+Framing
+    A message is ``uint32 length`` + body. The length is checked as soon as its four
+    bytes are in (over :data:`~idm.identity.agent.protocol.MAX_MESSAGE_SIZE`: one
+    FAILURE, then the connection is closed, since the stream cannot be resynchronised).
+    A message that has started must be complete within :data:`BODY_TIMEOUT` seconds of
+    its first byte, or the connection is closed; an idle connection (ssh keeps one open
+    for a whole session) may wait forever.
 
-Work: quick requests (listing, adding a software key, session-bind) are answered on the
-loop. Requests that may block (a signature on a token, a confirmation dialog, loading a
-provider, LOCK/UNLOCK) go to an executor chosen per message by the caller, so one slow
-signature never stalls listing. One request per connection is in progress at a time, so
-answers keep the order of the requests; a connection's further bytes wait in its buffer
-(reading pauses past :data:`PAUSE_READING_AT` bytes). The worker sends the answer itself
-when the socket takes it at once (the usual case: no hand-off back to the loop);
-otherwise the loop sends it when the socket is writable.
+Where a request runs (``route(body)``, decided by the caller per message type)
+    :attr:`Where.LOOP`: quick requests (listing, adding a software key, session-bind)
+    are answered on the loop. :attr:`Where.WORKER`: requests that may block (a
+    signature on a token, a confirmation dialog, loading a provider) go to a worker
+    thread, so one slow signature never stalls listing. :attr:`Where.SERIAL`: requests
+    that must run one at a time whoever sends them (UNLOCK, whose delay must hold off
+    every guess) go to one thread, in arrival order.
+
+    While a worker has a connection, the loop does not watch it (one request at a time
+    per connection, so answers keep the order of the requests). A worker answers, sends
+    what the socket takes at once, and keeps serving that same connection while it
+    sends its next request within :data:`LINGER` seconds and no other connection waits
+    for a worker: a client that signs in a tight loop is then served like by a thread of
+    its own, without a hand-off per request. Anything else (a partial message, an answer
+    the socket would not take, an idle client) goes back to the loop.
 """
 
 from __future__ import annotations
 
 import collections
+import enum
 import errno
 import heapq
 import os
+import queue
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +55,22 @@ from idm.identity.agent.agentlog import log
 
 BODY_TIMEOUT = 30.0
 RECV_SIZE = 65536
-# Bytes a connection may have buffered while its request is in progress (pipelining).
-PAUSE_READING_AT = 2 * (4 + p.MAX_MESSAGE_SIZE)
+# Answers waiting for a client that does not read them: past this, its requests wait too.
+OUTBUF_LIMIT = 1 << 20
+LINGER = 0.02  # seconds a worker waits for a connection's next request before handing it back
 ACCEPT_BATCH = 64  # connections accepted per wake-up, so one listener cannot starve the rest
 ACCEPT_PAUSE = 0.25  # seconds without accepting when the process is out of descriptors
+_LINGER_TIMEVAL = struct.pack("ll", 0, int(LINGER * 1_000_000))
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _FAILURE = p.Failure().encode()
+
+
+class Where(enum.Enum):
+    """Where a request is answered (see the module docstring)."""
+
+    LOOP = "loop"
+    WORKER = "worker"
+    SERIAL = "serial"
 
 
 @dataclass
@@ -63,50 +83,120 @@ class Listener:
 
 
 class Connection:
-    """One client: its socket, buffers, and whether a request of it is in progress.
+    """One client: its socket, buffers, and who serves it now.
 
-    ``lock`` guards the buffers and flags the loop and a worker share (``outbuf``,
-    ``inbuf``, ``busy``, ``peer_closed``); the socket is closed only by the loop, and
-    never while a request of this connection is in progress.
+    While ``busy`` a worker (or the serial thread) owns the connection: the loop neither
+    watches nor touches it until the worker hands it back (``_done``). The socket is
+    closed only by the loop.
     """
 
     __slots__ = ("sock", "state", "inbuf", "outbuf", "busy", "peer_closed", "closing",
-                 "closed", "reading", "events", "deadline", "lock")
+                 "closed", "events", "deadline")
 
     def __init__(self, sock: socket.socket, state: Any) -> None:
         self.sock = sock
         self.state = state
         self.inbuf = bytearray()
         self.outbuf = bytearray()
-        self.busy = False  # a request is being handled off the loop
-        self.peer_closed = False  # EOF or a send error: close when no longer busy
+        self.busy = False
+        self.peer_closed = False  # EOF or a send error: close when handed back
         self.closing = False  # close once outbuf is sent (after an oversize message)
         self.closed = False
-        self.reading = True  # False while paused (too much buffered during a request)
         self.events = 0  # what the selector watches now
         self.deadline: float | None = None  # monotonic end of the started message
-        self.lock = threading.Lock()
+
+    def next_message(self) -> tuple[int, int] | None:
+        """``(length, total)`` of the message at the head of ``inbuf`` once all its bytes
+        are in (the length alone once it exceeds the cap), else None."""
+        buf = self.inbuf
+        if len(buf) < 4:
+            return None
+        length = int.from_bytes(buf[:4], "big")
+        if length > p.MAX_MESSAGE_SIZE or len(buf) >= 4 + length:
+            return length, 4 + length
+        return None
+
+
+class _Workers:
+    """Threads for requests that may block, started as needed up to ``limit``.
+
+    ``_free``: threads waiting for work; ``_backlog``: work queued that no thread is
+    free for (it waits for one to finish, once ``limit`` threads run).
+    """
+
+    def __init__(self, limit: int, name: str) -> None:
+        self.limit = limit
+        self.name = name
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue())
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._free = 0
+        self._backlog = 0
+
+    @property
+    def waiting(self) -> bool:
+        """Whether work waits for a thread to finish."""
+        return self._backlog > 0
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` in a free thread, a new one, or the next to finish."""
+        with self._lock:
+            if self._free:
+                self._free -= 1
+            elif self._threads < self.limit:
+                self._threads += 1
+                threading.Thread(target=self._run, daemon=True,
+                                 name=f"{self.name}-{self._threads}").start()
+            else:
+                self._backlog += 1
+        self._queue.put((fn, args))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:  # a bug must cost one connection, not the worker
+                log.exception("agent worker failed")
+            with self._lock:
+                if self._backlog:
+                    self._backlog -= 1  # take the oldest waiting work next
+                else:
+                    self._free += 1
+
+    def shutdown(self) -> None:
+        """Let every thread end once the work queued before this is done."""
+        with self._lock:
+            count = self._threads
+        for _ in range(count):
+            self._queue.put(None)
 
 
 Admit = Callable[[socket.socket, Any], Any]
 Handle = Callable[[bytes, Any], bytes]
-Route = Callable[[bytes], Executor | None]
+Route = Callable[[bytes], Where]
 
 
 class ConnectionLoop:
     """Serve framed messages on listening sockets until :meth:`stop`.
 
     ``admit(sock, listener_data)`` returns the per-connection state, or None to refuse
-    (close) it; ``handle(body, state)`` returns the framed answer and never raises;
-    ``route(body)`` returns the executor for a request that may block, or None to answer
-    it on the loop.
+    (close) it; ``handle(body, state)`` returns the framed answer and never raises (it
+    is called from the loop and from worker threads); ``route(body)`` says where a
+    request runs; ``workers`` caps the worker threads.
     """
 
-    def __init__(self, admit: Admit, handle: Handle, route: Route) -> None:
+    def __init__(self, admit: Admit, handle: Handle, route: Route, workers: int = 64) -> None:
         self.admit = admit
         self.handle = handle
         self.route = route
         self.listeners: list[Listener] = []
+        self._workers = _Workers(workers, "idm-agent-worker")
+        self._serial = _Workers(1, "idm-agent-serial")
         self._connections: set[Connection] = set()
         self._sel: selectors.BaseSelector | None = None
         self._stopping = threading.Event()
@@ -122,11 +212,6 @@ class ConnectionLoop:
         """Watch a listening socket (before :meth:`run`)."""
         sock.setblocking(False)
         self.listeners.append(Listener(sock, path, data))
-
-    @property
-    def connection_count(self) -> int:
-        """Client connections open now."""
-        return len(self._connections)
 
     def run(self) -> None:
         """Serve until :meth:`stop` is called."""
@@ -145,7 +230,10 @@ class ConnectionLoop:
                         else:
                             if mask & selectors.EVENT_WRITE:
                                 self._flush(target)
-                            if mask & selectors.EVENT_READ and not target.closed:
+                                if self._held_back(target):
+                                    self._process(target)
+                            if mask & selectors.EVENT_READ and not target.closed \
+                                    and not target.busy:
                                 self._read(target)
                     self._finish_done()
                     self._expire()
@@ -161,13 +249,15 @@ class ConnectionLoop:
         self._wake()
 
     def close(self) -> None:
-        """Close every client connection and the wake-up pipe (after :meth:`run`)."""
+        """Close every client connection, the workers and the wake-up pipe (after run)."""
+        self._workers.shutdown()
+        self._serial.shutdown()
         for conn in list(self._connections):
             try:
                 conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            conn.sock.close()
+            conn.sock.close()  # a worker still using it gets an error and lets go
             conn.closed = True
         self._connections.clear()
         for fd in (self._wake_r, self._wake_w):
@@ -187,6 +277,7 @@ class ConnectionLoop:
                 self._sel.unregister(listener.sock)
 
     def _timeout(self) -> float | None:
+        wait: float | None = None
         while self._deadlines:
             deadline, _, conn = self._deadlines[0]
             if conn.closed or conn.deadline != deadline:
@@ -194,8 +285,6 @@ class ConnectionLoop:
                 continue
             wait = deadline - time.monotonic()
             break
-        else:
-            wait = None
         if self._accept_paused_until:
             pause = self._accept_paused_until - time.monotonic()
             wait = pause if wait is None else min(wait, pause)
@@ -204,14 +293,14 @@ class ConnectionLoop:
     def _wake(self) -> None:
         try:
             os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
+        except OSError:
             pass  # a full pipe wakes the loop just as well; a closed one: we are done
 
     def _drain_wake(self) -> None:
         try:
             while os.read(self._wake_r, 4096):
                 pass
-        except (BlockingIOError, OSError):
+        except OSError:
             pass
 
     def _accept(self, listener: Listener) -> None:
@@ -251,56 +340,47 @@ class ConnectionLoop:
         except OSError:
             data = b""
         if not data:
-            self._hang_up(conn)
+            self._close(conn)
             return
-        with conn.lock:
-            conn.inbuf += data
-            if conn.busy:
-                if len(conn.inbuf) >= PAUSE_READING_AT:
-                    conn.reading = False
-                else:
-                    return
-        if not conn.reading:
-            self._update_events(conn)
-            return
+        conn.inbuf += data
         self._process(conn)
 
     def _process(self, conn: Connection) -> None:
-        """Answer every complete message in the buffer, or hand one to a worker."""
-        while True:
-            with conn.lock:
-                if conn.busy or conn.closing or conn.peer_closed:
-                    break
-                buf = conn.inbuf
-                if len(buf) < 4:
-                    self._arm(conn, bool(buf))
-                    break
-                length = int.from_bytes(buf[:4], "big")
-                if length > p.MAX_MESSAGE_SIZE:
-                    # As OpenSSH: the stream cannot be resynchronised.
-                    log.warning("%s sent a %d-byte message (limit %d): closing", conn.state,
-                                length, p.MAX_MESSAGE_SIZE)
-                    conn.outbuf += _FAILURE
-                    conn.closing = True
-                    buf.clear()
-                    self._arm(conn, False)
-                    break
-                if len(buf) < 4 + length:
-                    self._arm(conn, True)
-                    break
-                body = bytes(buf[4 : 4 + length])
-                del buf[: 4 + length]
-                conn.deadline = None
-                executor = self.route(body)
-                if executor is not None:
-                    conn.busy = True
-            if executor is not None:
-                executor.submit(self._work, conn, body)
+        """Answer the complete messages in the buffer, or hand the connection to a worker."""
+        while not (conn.busy or conn.closing or conn.closed) and len(conn.outbuf) < OUTBUF_LIMIT:
+            head = conn.next_message()
+            if head is None:
+                self._arm(conn, bool(conn.inbuf))
                 break
-            answer = self.handle(body, conn.state)
-            with conn.lock:
-                conn.outbuf += answer
+            length, total = head
+            if length > p.MAX_MESSAGE_SIZE:
+                # As OpenSSH: the stream cannot be resynchronised.
+                log.warning("%s sent a %d-byte message (limit %d): closing", conn.state,
+                            length, p.MAX_MESSAGE_SIZE)
+                conn.outbuf += _FAILURE
+                conn.closing = True
+                conn.inbuf.clear()
+                self._arm(conn, False)
+                break
+            body = bytes(conn.inbuf[4:total])
+            del conn.inbuf[:total]
+            conn.deadline = None
+            where = self.route(body)
+            if where is Where.LOOP:
+                conn.outbuf += self.handle(body, conn.state)
+                continue
+            conn.busy = True
+            self._update_events(conn)  # not watched while a worker has it
+            pool = self._workers if where is Where.WORKER else self._serial
+            pool.submit(self._serve, conn, body, where is Where.WORKER)
+            return
         self._flush(conn)
+
+    @staticmethod
+    def _held_back(conn: Connection) -> bool:
+        """A complete request waited while the client did not read its answers."""
+        return (not (conn.busy or conn.closed) and len(conn.outbuf) < OUTBUF_LIMIT
+                and conn.next_message() is not None)
 
     def _arm(self, conn: Connection, partial: bool) -> None:
         """Start (or keep) the deadline of a started message; clear it when idle."""
@@ -310,72 +390,105 @@ class ConnectionLoop:
             conn.deadline = time.monotonic() + BODY_TIMEOUT
             heapq.heappush(self._deadlines, (conn.deadline, id(conn), conn))
 
-    def _work(self, conn: Connection, body: bytes) -> None:
-        """In a worker: answer, send what the socket takes, hand back to the loop if needed."""
-        answer = self.handle(body, conn.state)
-        with conn.lock:
-            conn.outbuf += answer
-            if not conn.peer_closed:
+    # -- in a worker thread ----------------------------------------------------------------
+
+    def _serve(self, conn: Connection, body: bytes, linger: bool) -> None:
+        """Answer ``body``; with ``linger``, go on with the connection's next requests."""
+        try:
+            if linger:
+                # Blocking reads that give up after LINGER: one system call per request.
+                conn.sock.setblocking(True)
+                conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _LINGER_TIMEVAL)
+            while True:
+                conn.outbuf += self.handle(body, conn.state)
+                if not self._send(conn) or not linger:
+                    return
+                next_body = self._next_request(conn)
+                if next_body is None:
+                    return
+                body = next_body
+        except OSError:
+            conn.peer_closed = True
+        finally:
+            if linger and not conn.closed:
                 try:
-                    sent = conn.sock.send(conn.outbuf)
-                    del conn.outbuf[:sent]
-                except (BlockingIOError, InterruptedError):
-                    pass
+                    conn.sock.setblocking(False)
                 except OSError:
                     conn.peer_closed = True
-            conn.busy = False
-            needs_loop = (bool(conn.outbuf) or bool(conn.inbuf) or conn.peer_closed
-                          or not conn.reading or conn.closing)
-        if needs_loop:
-            self._done.append(conn)
+            self._done.append(conn)  # back to the loop, which watches it again
             self._wake()
+
+    @staticmethod
+    def _send(conn: Connection) -> bool:
+        """Send the buffered answers without blocking; True when all went out."""
+        try:
+            sent = conn.sock.send(conn.outbuf, socket.MSG_DONTWAIT)
+            del conn.outbuf[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            conn.peer_closed = True
+            return False
+        return not conn.outbuf
+
+    def _next_request(self, conn: Connection) -> bytes | None:
+        """The connection's next request if it comes within LINGER and no other
+        connection waits for a worker; None hands the connection back to the loop."""
+        deadline = time.monotonic() + LINGER
+        while True:
+            head = conn.next_message()
+            if head is not None:
+                length, total = head
+                if length > p.MAX_MESSAGE_SIZE:
+                    return None  # the loop refuses it
+                body = bytes(conn.inbuf[4:total])
+                if self.route(body) is Where.SERIAL:
+                    return None  # it must run one at a time (UNLOCK): the loop routes it
+                del conn.inbuf[:total]
+                return body
+            if self._workers.waiting or time.monotonic() >= deadline:
+                return None
+            try:
+                data = conn.sock.recv(RECV_SIZE)  # waits at most LINGER (SO_RCVTIMEO)
+            except (BlockingIOError, InterruptedError):
+                return None
+            if not data:
+                conn.peer_closed = True
+                return None
+            conn.inbuf += data
+
+    # -- back on the loop ------------------------------------------------------------------
 
     def _finish_done(self) -> None:
         while self._done:
             conn = self._done.popleft()
+            conn.busy = False
             if conn.closed:
                 continue
             if conn.peer_closed:
                 self._close(conn)
                 continue
-            conn.reading = True
             self._process(conn)
 
     def _flush(self, conn: Connection) -> None:
-        with conn.lock:
-            if conn.outbuf and not conn.peer_closed:
-                try:
-                    sent = conn.sock.send(conn.outbuf)
-                    del conn.outbuf[:sent]
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError:
-                    conn.peer_closed = True
-                    conn.outbuf.clear()
-            finished = conn.peer_closed or (conn.closing and not conn.outbuf)
-            busy = conn.busy
-        if finished and not busy:
+        if conn.outbuf and not conn.peer_closed:
+            try:
+                sent = conn.sock.send(conn.outbuf)
+                del conn.outbuf[:sent]
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                conn.peer_closed = True
+        if conn.peer_closed or (conn.closing and not conn.outbuf):
             self._close(conn)
-        else:
-            self._update_events(conn)
-
-    def _hang_up(self, conn: Connection) -> None:
-        with conn.lock:
-            conn.peer_closed = True
-            busy = conn.busy
-        if busy:
-            self._update_events(conn)  # stop watching; the worker hands it back
-        else:
-            self._close(conn)
+            return
+        self._update_events(conn)
 
     def _expire(self) -> None:
         now = time.monotonic()
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, _, conn = heapq.heappop(self._deadlines)
             if conn.closed or conn.deadline != deadline:
-                continue
-            if conn.busy:  # its buffer waits for the request in progress: re-armed after
-                conn.deadline = None
                 continue
             log.warning("%s closed or stalled in the middle of a message: closing", conn.state)
             self._close(conn)
@@ -384,10 +497,11 @@ class ConnectionLoop:
         if conn.closed or self._sel is None:
             return
         events = 0
-        if conn.reading and not conn.peer_closed and not conn.closing:
-            events |= selectors.EVENT_READ
-        if conn.outbuf and not conn.peer_closed:
-            events |= selectors.EVENT_WRITE
+        if not conn.busy:
+            if not conn.closing and len(conn.outbuf) < OUTBUF_LIMIT:
+                events |= selectors.EVENT_READ
+            if conn.outbuf:
+                events |= selectors.EVENT_WRITE
         if events == conn.events:
             return
         if conn.events == 0:
@@ -399,7 +513,7 @@ class ConnectionLoop:
         conn.events = events
 
     def _close(self, conn: Connection) -> None:
-        if conn.closed:
+        if conn.closed or conn.busy:
             return
         if conn.events and self._sel is not None:
             self._sel.unregister(conn.sock)

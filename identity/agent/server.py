@@ -34,7 +34,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +50,7 @@ from idm.identity.agent.identities import (
     SocketKind,
     SoftwareKeyring,
 )
-from idm.identity.agent.loop import ConnectionLoop
+from idm.identity.agent.loop import ConnectionLoop, Where
 from idm.identity.agent.peer import pkixssh_program
 
 MAX_SESSION_BINDS = 16
@@ -244,9 +243,7 @@ class AgentServer:
         # one sleeps while holding this lock: the delay holds off every guess.
         self._unlock_lock = threading.Lock()
         self._unlock_failures = 0
-        self._loop = ConnectionLoop(self._admit, self.handle, self._route)
-        self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="idm-agent-worker")
-        self._unlocks = ThreadPoolExecutor(1, thread_name_prefix="idm-agent-unlock")
+        self._loop = ConnectionLoop(self._admit, self.handle, self._route, WORKERS)
 
     # -- sockets ---------------------------------------------------------------------
 
@@ -286,8 +283,6 @@ class AgentServer:
                 pass
         self._loop.listeners.clear()
         self._loop.close()
-        self._workers.shutdown(wait=False, cancel_futures=True)
-        self._unlocks.shutdown(wait=False, cancel_futures=True)
 
     def _admit(self, conn: socket.socket, kind: SocketKind) -> ClientState | None:
         """The state of a new connection, or None to refuse it (logged)."""
@@ -304,10 +299,13 @@ class AgentServer:
         log.debug("%s connected", state.label)
         return state
 
-    def _route(self, body: bytes) -> ThreadPoolExecutor | None:
-        if body[:1] == bytes([p.SSH_AGENTC_UNLOCK]):
-            return self._unlocks
-        return self._workers if body[:1] and body[0] in _WORKER_REQUESTS else None
+    @staticmethod
+    def _route(body: bytes) -> Where:
+        if not body:
+            return Where.LOOP
+        if body[0] == p.SSH_AGENTC_UNLOCK:
+            return Where.SERIAL
+        return Where.WORKER if body[0] in _WORKER_REQUESTS else Where.LOOP
 
     # -- requests --------------------------------------------------------------------
 

@@ -493,3 +493,46 @@ def test_ssh_add_s_provider_runs_in_a_helper_that_ends_with_e_and_with_the_agent
     assert second != helper
     agent.stop()
     _wait_until(lambda: not Path(f"/proc/{second}").exists(), "the helper to exit with the agent")
+
+
+def test_a_client_that_does_not_read_its_answers_holds_only_itself(idm_agent: IdmAgent,
+                                                                   short_dir: Path) -> None:
+    for i in range(8):  # answers of a few hundred bytes each
+        assert idm_agent.ssh_add(str(make_key(short_dir, "ed25519", f"k{i}"))).returncode == 0
+    hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hog.connect(str(idm_agent.sock))
+    hog.setblocking(False)
+    request = p.RequestIdentities().encode()
+    sent = 0
+    stalled_since = None
+    # pipeline requests and never read, until the agent stops taking them for a while
+    while stalled_since is None or time.monotonic() - stalled_since < 1.0:
+        try:
+            n = hog.send(request * 64)
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            time.sleep(0.05)
+            continue
+        stalled_since = None
+        sent += n
+        assert sent < 2 * 1024 * 1024, "the agent kept reading without bound"
+    # everyone else is served meanwhile
+    with AgentClient(idm_agent.sock) as c:
+        assert len(c.identities()) == 8
+    # and the hog gets every answer it asked for, in order, once it reads
+    hog.setblocking(True)
+    hog.settimeout(GUARD)
+    expected = sent // len(request)
+    got = 0
+    buf = b""
+    while got < expected:
+        chunk = hog.recv(1 << 20)
+        assert chunk, f"closed after {got} of {expected} answers"
+        buf += chunk
+        while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+            length = int.from_bytes(buf[:4], "big")
+            answer = p.parse_response(buf[4 : 4 + length])
+            assert isinstance(answer, p.IdentitiesAnswer) and len(answer.identities) == 8
+            buf = buf[4 + length :]
+            got += 1
+    hog.close()
