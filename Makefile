@@ -95,6 +95,7 @@ bench: setup
 	$(VENV)/bin/python bench/verify_crl.py
 	$(VENV)/bin/python bench/authorized_keys.py
 	$(VENV)/bin/python bench/agent_sign.py
+	$(VENV)/bin/python bench/agent_held.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -22,7 +22,6 @@ import argparse
 import os
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -35,45 +34,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from agent_sign import RawAgent, stop_processes, wait_socket  # noqa: E402
+
 from idm.identity.agent import protocol as p  # noqa: E402
 
 IDM_AGENT = [sys.executable, "-c", "from idm.cli.agent import agent; import sys; "
              "agent.main(sys.argv[1:], prog_name='idm agent')"]
 
 
-def wait_socket(path: Path, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.connect(str(path))
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"agent did not start (socket {path})") from None
-            time.sleep(0.05)
-
-
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def request(sock: socket.socket, message: bytes) -> bytes:
-    sock.sendall(message)
-    header = b""
-    while len(header) < 4:
-        chunk = sock.recv(4 - len(header))
-        if not chunk:
-            raise ConnectionError("agent closed the connection")
-        header += chunk
-    length = int.from_bytes(header, "big")
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            raise ConnectionError("agent closed the connection")
-        body += chunk
-    return body
 
 
 def list_times(path: Path, runs: int) -> list[float]:
@@ -124,22 +94,19 @@ def held_run(name: str, path: Path, pid: int, held: int, runs: int) -> None:
 
 
 def unlock_run(name: str, path: Path, guesses: int) -> None:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(path))
-        if request(s, p.Lock(b"right").encode())[:1] != bytes([p.SSH_AGENT_SUCCESS]):
+    with RawAgent(path) as agent:
+        if agent.request(p.Lock(b"right").encode())[:1] != bytes([p.SSH_AGENT_SUCCESS]):
             raise SystemExit(f"{name}: LOCK failed")
-    conns = [socket.socket(socket.AF_UNIX) for _ in range(guesses)]
-    for s in conns:
-        s.connect(str(path))
+    conns = [RawAgent(path) for _ in range(guesses)]
     barrier = threading.Barrier(guesses + 1)
     done: list[float] = []
 
-    def guess(s: socket.socket, i: int) -> None:
+    def guess(agent: RawAgent, i: int) -> None:
         barrier.wait()
-        request(s, p.Unlock(b"wrong %d" % i).encode())
+        agent.request(p.Unlock(b"wrong %d" % i).encode())
         done.append(time.perf_counter())
 
-    threads = [threading.Thread(target=guess, args=(s, i)) for i, s in enumerate(conns)]
+    threads = [threading.Thread(target=guess, args=(c, i)) for i, c in enumerate(conns)]
     for t in threads:
         t.start()
     barrier.wait()
@@ -147,11 +114,10 @@ def unlock_run(name: str, path: Path, guesses: int) -> None:
     for t in threads:
         t.join()
     took = max(done) - t0
-    for s in conns:
-        s.close()
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(path))
-        request(s, p.Unlock(b"right").encode())
+    for c in conns:
+        c.close()
+    with RawAgent(path) as agent:
+        agent.request(p.Unlock(b"right").encode())
     print(f"| {name} | {guesses} | {took:.2f} s | "
           f"{sum(0.1 * n for n in range(1, guesses + 1)):.2f} s |")
 
@@ -194,13 +160,7 @@ def main() -> None:
         for name, path, _ in agents:
             unlock_run(name, path, args.guesses)
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop_processes(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

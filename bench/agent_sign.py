@@ -62,7 +62,17 @@ class RawAgent:
 
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(path))
+        try:
+            self.sock.connect(str(path))
+        except OSError:
+            self.sock.close()
+            raise
+
+    def __enter__(self) -> RawAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _recv(self, n: int) -> bytes:
         buf = b""
@@ -98,11 +108,28 @@ def run(cmd: list[str], env: dict[str, str] | None = None, **kw: object) -> str:
 
 
 def wait_socket(path: Path, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the agent accepts connections on ``path`` (the file exists a moment
+    before the agent listens)."""
     deadline = time.monotonic() + 30
-    while not path.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"agent did not start (socket {path})")
-        time.sleep(0.05)
+    while True:
+        try:
+            RawAgent(path).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"agent did not start (socket {path})") from None
+            time.sleep(0.05)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process still running; SIGKILL it after 10 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def extra_certificates(ca_dir: Path, count: int) -> list[x509.Certificate]:
@@ -367,13 +394,7 @@ def main() -> None:
         idm.close()
         lister.close()
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop_processes(procs)
         shutil.rmtree(work, ignore_errors=True)
 
 

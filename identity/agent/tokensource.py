@@ -47,8 +47,10 @@ PIN policy
     CKA_ALWAYS_AUTHENTICATE ask for the PIN again at each signature (context login).
 
 ``ssh-add -s PROVIDER`` / ``-e PROVIDER``
-    ``-s`` loads the module (configured providers, or libraries under /usr/lib and
-    /usr/local/lib as ssh-agent allows by default) and, when it holds exactly one card,
+    ``-s`` loads the module (a configured provider: already in this process; any other
+    module under /usr/lib or /usr/local/lib, as ssh-agent allows by default: checked
+    without loading it, then loaded in a helper process, see
+    :mod:`idm.identity.agent.providers`) and, when it holds exactly one card,
     logs that card in with the PIN ssh-add sent. With several cards the PIN is not used
     (it is never sent to a guess); each card asks through askpass at first use. What is
     offered is still only approved, validated identities; the agent logs why any other
