@@ -71,7 +71,7 @@ def inventory_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture(scope="session")
 def pkixssh() -> PkixsshBuild:
-    """PKIX-SSH built from shared/vendor into the test cache (tests/pkixssh.py)."""
+    """PKIX-SSH built from tests/vendor into the test cache (tests/pkixssh.py)."""
     try:
         return pkixssh_build()
     except PkixsshUnavailable as exc:

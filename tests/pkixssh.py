@@ -1,8 +1,8 @@
 """PKIX-SSH (the X.509 fork of OpenSSH) for tests: built once from its source tarball.
 
-Debian does not package PKIX-SSH, so the tests build it from
-``shared/vendor/pkixssh-*.tar.xz`` (found beside the checkout's parent folders, or named by
-IDM_PKIXSSH_TARBALL) into a cache outside the checkout::
+Debian does not package PKIX-SSH, so the tests build it from ``tests/vendor/pkixssh-*.tar.xz``
+(its unchanged source, committed so that a fresh clone anywhere has it; IDM_PKIXSSH_TARBALL
+names another) into a cache outside the checkout::
 
     ~/.cache/idm-tests/pkixssh-<sha256[:16] of the tarball>/   (IDM_TEST_CACHE overrides the base)
         bin/ssh  bin/ssh-add  bin/ssh-agent  sbin/sshd  etc/  var/empty/
@@ -84,20 +84,16 @@ class PkixsshBuild:
 
 
 def find_tarball() -> Path:
-    """The PKIX-SSH source tarball: IDM_PKIXSSH_TARBALL, or ``<ancestor>/shared/vendor/``."""
+    """The PKIX-SSH source tarball: IDM_PKIXSSH_TARBALL, or the one in ``tests/vendor/``."""
     named = os.environ.get("IDM_PKIXSSH_TARBALL")
     if named:
         if not Path(named).is_file():
             raise PkixsshUnavailable(f"IDM_PKIXSSH_TARBALL={named} is not a file")
         return Path(named)
-    for folder in Path(__file__).resolve().parents:
-        found = sorted((folder / "shared" / "vendor").glob(TARBALL_GLOB))
-        if found:
-            return found[-1]
-    raise PkixsshUnavailable(
-        "no PKIX-SSH source tarball (shared/vendor/pkixssh-*.tar.xz beside the checkout); "
-        "set IDM_PKIXSSH_TARBALL"
-    )
+    found = sorted((Path(__file__).resolve().parent / "vendor").glob(TARBALL_GLOB))
+    if found:
+        return found[-1]
+    raise PkixsshUnavailable("no PKIX-SSH source tarball in tests/vendor; set IDM_PKIXSSH_TARBALL")
 
 
 def cache_root() -> Path:
