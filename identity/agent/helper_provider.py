@@ -245,16 +245,21 @@ class HelperSession:
         self._call("login")
 
     def logout(self) -> None:
-        """End the login."""
-        if not self.closed:
+        """End the login. Never raises, like ``TokenSession.logout``: a helper that is
+        gone holds no login any more."""
+        if self.closed:
+            return
+        try:
             self._call("logout")
+        except TokenError as exc:
+            log.debug("card %r: logout through the helper failed (%s)", self.identity.label,
+                      exc)
+            self.logged_in = False
+            self.login_time = None
 
     def close(self) -> None:
         """Log out; the session is not used afterwards."""
-        try:
-            self.logout()
-        except TokenError:
-            pass
+        self.logout()
         self.closed = True
 
     def certificates(self) -> list[CertificateObject]:

@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -491,8 +492,20 @@ def test_ssh_add_s_provider_runs_in_a_helper_that_ends_with_e_and_with_the_agent
     assert ssh_add("-s", SOFTHSM_MODULE).returncode == 0
     (second,) = _helpers_of(_agent_pid(agent))
     assert second != helper
+    # a helper that dies costs its provider's signatures, not the agent
+    os.kill(second, signal.SIGKILL)
+    blob = agent.blobs()[0]
+    assert isinstance(agent.sign(blob, w.SIGN_RSA_SHA2_256), p.Failure)
+    assert f"the PKCS#11 helper for {real}" in agent.log()
+    with AgentClient(agent.sock) as c:
+        assert isinstance(c.request(p.Lock(b"pass")), p.Success)
+        assert isinstance(c.request(p.Unlock(b"pass")), p.Success)
+    assert ssh_add("-e", SOFTHSM_MODULE).returncode == 0
+    assert ssh_add("-s", SOFTHSM_MODULE).returncode == 0
+    (third,) = _helpers_of(_agent_pid(agent))
+    assert isinstance(agent.sign(agent.blobs()[0], w.SIGN_RSA_SHA2_256), p.SignResponse)
     agent.stop()
-    _wait_until(lambda: not Path(f"/proc/{second}").exists(), "the helper to exit with the agent")
+    _wait_until(lambda: not Path(f"/proc/{third}").exists(), "the helper to exit with the agent")
 
 
 def test_a_client_that_does_not_read_its_answers_holds_only_itself(idm_agent: IdmAgent,
