@@ -46,7 +46,9 @@ def test_tables_fit_80_columns_and_pipes_get_them_whole(
 
     piped = {tuple(c): subprocess.run([*IDM, *c], capture_output=True, text=True, check=True,
                                       stdin=subprocess.DEVNULL).stdout for c in commands}
-    assert widest(piped[tuple(commands[0])]) > 80 and widest(piped[tuple(commands[1])]) > 80
+    # Into a pipe nothing is fitted: the 9 columns of `objects` run past 80 (how wide the
+    # events table is depends on what the commands recorded, so it is not measured here).
+    assert widest(piped[tuple(commands[1])]) > 80
     assert all("\x1b" not in out and "…" not in out for out in piped.values())
     assert "object=alice;type=private;id=%01" in piped[tuple(commands[1])]
 
