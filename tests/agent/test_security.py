@@ -130,22 +130,30 @@ def _read_memory(pid: int, needle: bytes, prefix: list[str]) -> dict[str, int]:
     return dict(json.loads(proc.stdout))
 
 
+# The interpreter may sit where nobody cannot go (a pyenv under /root, a checkout in a 0700
+# folder): the agent and the readers run as nobody with CAP_DAC_READ_SEARCH as an ambient
+# capability, which lets them read those files and gives no ptrace rights (reading another
+# process's memory needs the same uid, a dumpable target and, caps being equal, nothing more).
+AS_NOBODY_READING = [*AS_NOBODY, "--inh-caps=+dac_read_search",
+                     "--ambient-caps=+dac_read_search"]
+
+
 def _nobody_can_run_python() -> bool:
     if os.geteuid() != 0 or SETPRIV is None:
         return False
-    probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import idm.identity.agent.server"],
+    probe = subprocess.run([*AS_NOBODY_READING, sys.executable, "-c",
+                            "import idm.identity.agent.server"],
                            capture_output=True, timeout=GUARD, check=False)
     return probe.returncode == 0
 
 
-@pytest.mark.skipif(not _nobody_can_run_python(),
-                    reason="needs root, setpriv and an interpreter the user nobody may run")
+@pytest.mark.skipif(not _nobody_can_run_python(), reason="needs root and setpriv")
 def test_agent_memory_is_not_readable_by_its_own_user(tmp_path: Path) -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="idm-nobody-", dir="/tmp"))  # nobody can reach it
     os.chown(run_dir, NOBODY, NOBODY)
-    agent = start_agent(tmp_path, sock=run_dir / "agent.sock", prefix=AS_NOBODY)
+    agent = start_agent(tmp_path, sock=run_dir / "agent.sock", prefix=AS_NOBODY_READING)
     bystander = subprocess.Popen(
-        [*AS_NOBODY, sys.executable, "-c",
+        [*AS_NOBODY_READING, sys.executable, "-c",
          "import sys, time; marker = bytes.fromhex(sys.argv[1]) * 2; time.sleep(120)",
          "5ec12e7c0ffee15b"], stdin=subprocess.DEVNULL)
     try:
@@ -159,11 +167,11 @@ def test_agent_memory_is_not_readable_by_its_own_user(tmp_path: Path) -> None:
         status = Path(f"/proc/{agent.pid}/status").read_text()
         assert f"Uid:\t{NOBODY}\t" in status  # the agent runs as nobody
         # another process of the same uid cannot read the agent's memory ...
-        assert _read_memory(agent.pid, seed, AS_NOBODY) == {"open_errno": 13}  # EACCES
+        assert _read_memory(agent.pid, seed, AS_NOBODY_READING) == {"open_errno": 13}  # EACCES
         assert os.stat(f"/proc/{agent.pid}/mem").st_uid == 0  # not dumpable: root's file
         # ... although it reads a plain process of that uid (so the refusal is the agent's)
         assert _read_memory(bystander.pid, bytes.fromhex("5ec12e7c0ffee15b") * 2,
-                            AS_NOBODY)["found"] >= 1
+                            AS_NOBODY_READING)["found"] >= 1
         # and the key is there to be found by one who may read it (root)
         assert _read_memory(agent.pid, seed, [])["found"] >= 1
     finally:
