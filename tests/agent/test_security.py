@@ -525,16 +525,20 @@ def test_a_client_that_does_not_read_its_answers_holds_only_itself(idm_agent: Id
     hog.setblocking(False)
     request = p.RequestIdentities().encode()
     sent = 0
+    pending = b""
     stalled_since = None
-    # pipeline requests and never read, until the agent stops taking them for a while
+    # pipeline requests and never read, until the agent stops taking them for a while;
+    # a partial send is finished first, so the stream stays whole requests
     while stalled_since is None or time.monotonic() - stalled_since < 1.0:
+        pending = pending or request * 64
         try:
-            n = hog.send(request * 64)
+            n = hog.send(pending)
         except BlockingIOError:
             stalled_since = stalled_since or time.monotonic()
             time.sleep(0.05)
             continue
         stalled_since = None
+        pending = pending[n:]
         sent += n
         assert sent < 2 * 1024 * 1024, "the agent kept reading without bound"
     # everyone else is served meanwhile
