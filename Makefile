@@ -8,7 +8,9 @@
 PYTHON ?= python3
 VENV := .venv
 DEBIAN_PACKAGES := softhsm2 opensc openssh-client openssh-server openssl postgresql iproute2 util-linux procps python3 python3-venv systemd groff-base build-essential autoconf automake libssl-dev zlib1g-dev
-PYTEST_ARGS ?=
+# The suite runs on every core (at most 4 workers: each starts its own tokens, sshd and
+# PostgreSQL); PYTEST_ARGS= runs it in one process.
+PYTEST_ARGS ?= -n auto --maxprocesses=4
 
 # Where `make install` puts things. PREFIX holds a virtual environment of the system's
 # Python with idm in it; BINDIR/idm links to its entry point (the path sshd_config and the
