@@ -41,14 +41,17 @@ def test_tables_fit_80_columns_and_pipes_get_them_whole(
     card = card_with(softhsm, ca, "a-card-with-a-rather-long-label", "alice")
     sha = enroll(idm, card, ca)
     db = ["--db", idm.db]
+    # an event whose recorded command line is long: the events table is then wider than 80
+    subprocess.run([*IDM, *db, "allow", "alice", "--subject",
+                    "CN=alice,OU=Platform Engineering and Operations,O=idm demo,C=XX"],
+                   capture_output=True, check=True, stdin=subprocess.DEVNULL)
     commands = [[*db, "events"], [*db, "objects", card.uri_with_pin], [*db, "list"],
                 [*db, "status"]]
 
     piped = {tuple(c): subprocess.run([*IDM, *c], capture_output=True, text=True, check=True,
                                       stdin=subprocess.DEVNULL).stdout for c in commands}
-    # Into a pipe nothing is fitted: the 9 columns of `objects` run past 80 (how wide the
-    # events table is depends on what the commands recorded, so it is not measured here).
-    assert widest(piped[tuple(commands[1])]) > 80
+    # Into a pipe nothing is fitted: the 9 columns of `objects` and the long command run past 80
+    assert widest(piped[tuple(commands[0])]) > 80 and widest(piped[tuple(commands[1])]) > 80
     assert all("\x1b" not in out and "…" not in out for out in piped.values())
     assert "object=alice;type=private;id=%01" in piped[tuple(commands[1])]
 
