@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from idm.cli.output import UserError
 from idm.identity.config import Config, ConfigError, load_config
@@ -56,3 +58,10 @@ class AppContext:
         if self._inventory is not None:
             self._inventory.close()
             self._inventory = None
+
+
+def command_line() -> str:
+    """The command being run, for event rows ("by which command"); PIN values redacted."""
+    words: list[Any] = ["idm", *sys.argv[1:]]
+    line = " ".join(str(w) for w in words)
+    return re.sub(r"(pin-value=)[^&;\s]*", r"\1REDACTED", line)[:500]

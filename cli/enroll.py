@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from idm.cli.context import AppContext
+from idm.cli.context import AppContext, command_line
 from idm.cli.output import UserError, print_json, print_table, say
 from idm.cli.tokens import open_providers
 
@@ -166,7 +166,7 @@ def enroll_command(
                     )
                 token = TokenIdentity(uri.manufacturer, uri.model, uri.serial, uri.token)  # type: ignore[arg-type]
                 present, module = False, uri.module_path
-            result = _with_checker(
+            result = with_checker(
                 app,
                 ca_paths,
                 untrusted_paths,
@@ -186,7 +186,7 @@ def enroll_command(
                 say(f"stored on token: {stored.uri}", err=True)
             certificates = session.certificates()
             info = session.info
-            result = _with_checker(
+            result = with_checker(
                 app,
                 ca_paths,
                 untrusted_paths,
@@ -202,13 +202,7 @@ def enroll_command(
         sys.exit(1)
 
 
-def _command() -> str:
-    from idm.cli.main import command_line
-
-    return command_line()
-
-
-def _with_checker(
+def with_checker(
     app: AppContext,
     ca: Any,
     untrusted: Any,
@@ -242,7 +236,7 @@ def _with_checker(
 def _enroll_present(inventory: Any, checker: Any, info: Any, certificates: Any) -> Any:
     from idm.identity.tokens.enroll import enroll_token
 
-    return enroll_token(inventory, checker, info, certificates, command=_command())
+    return enroll_token(inventory, checker, info, certificates, command=command_line())
 
 
 def _enroll_file(
@@ -257,7 +251,7 @@ def _enroll_file(
         certificate,
         present=present,
         module_path=module,
-        command=_command(),
+        command=command_line(),
     )
 
 

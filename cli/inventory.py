@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from idm.cli.context import AppContext
+from idm.cli.context import AppContext, command_line
 from idm.cli.output import UserError, print_json, print_table, say, warn
 from idm.identity.inventory import CERT_STATUSES
 
@@ -71,7 +71,6 @@ def list_command(app: AppContext, as_json: bool, status: str | None, no_scan: bo
 def token_presence(app: AppContext) -> dict[int, str]:
     """token id -> yes/no/unknown from one scan of the providers (recorded); {} when the
     providers cannot be asked (a warning says why)."""
-    from idm.cli.main import command_line
     from idm.cli.tokens import open_providers
     from idm.identity.tokens.errors import TokenError
     from idm.identity.tokens.presence import scan_presence

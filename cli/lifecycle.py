@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from idm.cli.context import AppContext
+from idm.cli.context import AppContext, command_line
 from idm.cli.output import UserError, confirm, print_json, say
 from idm.cli.tokens import open_providers, provider_option
 
@@ -19,12 +19,6 @@ pass_app = click.make_pass_decorator(AppContext)
 
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do it without asking.")
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-
-
-def _command() -> str:
-    from idm.cli.main import command_line
-
-    return command_line()
 
 
 @click.group("token")
@@ -84,7 +78,7 @@ def retire_command(
         confirm("Retire it?", yes=yes,
                 refusal=f"token {name} holds {len(approved)} approved certificate(s) ({subjects}) "
                         "that stop working when it is retired")
-    after, withdrawn = inventory.retire_token(record.id, reason=reason, command=_command())
+    after, withdrawn = inventory.retire_token(record.id, reason=reason, command=command_line())
     if as_json:
         print_json({"token": after.as_dict(), "changed": record.state != "retired",
                     "withdrawn": withdrawn})
@@ -179,7 +173,7 @@ def forget_command(app: AppContext, fingerprint: str, yes: bool, as_json: bool) 
     if what:
         confirm("Forget it?", yes=yes,
                 refusal=f"certificate {cert.sha256[:16]} ({cert.subject}) {what}")
-    forgotten = inventory.forget_certificate(cert.sha256, command=_command())
+    forgotten = inventory.forget_certificate(cert.sha256, command=command_line())
     if as_json:
         print_json({"forgotten": forgotten.sha256, "subject": forgotten.subject,
                     "status": forgotten.status})

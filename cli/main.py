@@ -7,10 +7,8 @@ pay for SQLAlchemy, pyhanko-certvalidator or python-pkcs11.
 from __future__ import annotations
 
 import importlib
-import re
 import sys
 import traceback
-from typing import Any
 
 import click
 
@@ -126,9 +124,3 @@ def _is_inventory_error(exc: Exception) -> bool:
     store = sys.modules.get("idm.identity.inventory.store")
     return store is not None and isinstance(exc, store.InventoryError)
 
-
-def command_line() -> str:
-    """The command being run, for event rows ("by which command"); PIN values redacted."""
-    words: list[Any] = ["idm", *sys.argv[1:]]
-    line = " ".join(str(w) for w in words)
-    return re.sub(r"(pin-value=)[^&;\s]*", r"\1REDACTED", line)[:500]

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from idm.cli.context import AppContext
+from idm.cli.context import AppContext, command_line
 from idm.cli.output import Progress, UserError, print_json, print_table, say, warn
 
 
@@ -35,7 +35,6 @@ def refresh_command(app: AppContext, snapshot: str | None, as_json: bool) -> Non
       3  the snapshot was written, but approved certificates could not be checked
          (their revocation status could not be had): they authorize nothing now
     """
-    from idm.cli.main import command_line
     from idm.identity.server.refresh import RefreshError, previous_deadline, refresh
 
     config = app.config
@@ -119,7 +118,6 @@ def allow_command(
 
     Used by the "principals" mapping rule; takes effect at the next `idm refresh`.
     """
-    from idm.cli.main import command_line
     from idm.identity.server.mapping import MappingError, parse_dn, valid_username
 
     if (subject is None) == (principal is None):

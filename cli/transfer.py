@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from idm.cli.context import AppContext
+from idm.cli.context import AppContext, command_line
 from idm.cli.output import UserError, print_json, print_table, say
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -79,7 +79,7 @@ def import_command(app: AppContext, file: str, as_json: bool) -> None:
     replaced card's identities become superseded as with `idm enroll`. Importing the same
     file again changes nothing.
     """
-    from idm.cli.enroll import _command, _with_checker
+    from idm.cli.enroll import with_checker
     from idm.identity.transfer import (
         MAX_DOCUMENT_BYTES,
         TransferError,
@@ -96,9 +96,9 @@ def import_command(app: AppContext, file: str, as_json: bool) -> None:
         entries = read_document(data)
     except TransferError as exc:
         raise UserError(f"{file}: {exc}") from None
-    result = _with_checker(
+    result = with_checker(
         app, (), (), (), None, None,
-        lambda inv, checker: import_document(inv, checker, entries, command=_command()),
+        lambda inv, checker: import_document(inv, checker, entries, command=command_line()),
     )
     if as_json:
         print_json(

@@ -266,6 +266,14 @@ def _token_record(row: Token) -> TokenRecord:
     )
 
 
+def _certificate_for_update(s: Session, sha256: str) -> Certificate:
+    """The certificate's row, locked for this transaction; InventoryError when unknown."""
+    row = s.scalars(select(Certificate).filter_by(sha256=sha256).with_for_update()).one_or_none()
+    if row is None:
+        raise InventoryError(f"no certificate {sha256} in the inventory")
+    return row
+
+
 def _cert_record(row: Certificate) -> CertificateRecord:
     return CertificateRecord(
         sha256=row.sha256,
@@ -706,11 +714,7 @@ class Inventory:
         if status not in CERT_STATUSES:
             raise ValueError(f"unknown certificate status {status!r}")
         with self.writing() as s:
-            row = s.scalars(
-                select(Certificate).filter_by(sha256=sha256).with_for_update()
-            ).one_or_none()
-            if row is None:
-                raise InventoryError(f"no certificate {sha256} in the inventory")
+            row = _certificate_for_update(s, sha256)
             if row.status == status:
                 return False
             row.status = status
@@ -729,11 +733,7 @@ class Inventory:
         names its SHA-256, subject and last status.
         """
         with self.writing() as s:
-            row = s.scalars(
-                select(Certificate).filter_by(sha256=sha256).with_for_update()
-            ).one_or_none()
-            if row is None:
-                raise InventoryError(f"no certificate {sha256} in the inventory")
+            row = _certificate_for_update(s, sha256)
             record = _cert_record(row)
             self._event(s, "forgotten", token_id=row.token_id, command=command,
                         reason=f"certificate {row.sha256} {row.subject} (was {row.status})")
@@ -750,11 +750,7 @@ class Inventory:
     ) -> None:
         """Remember the last validation result (no event: statuses carry the story)."""
         with self.writing() as s:
-            row = s.scalars(
-                select(Certificate).filter_by(sha256=sha256).with_for_update()
-            ).one_or_none()
-            if row is None:
-                raise InventoryError(f"no certificate {sha256} in the inventory")
+            row = _certificate_for_update(s, sha256)
             row.verdict_status = verdict_status
             row.verified_at = verified_at
             row.fresh_until = fresh_until
