@@ -77,7 +77,11 @@ def main() -> None:
     idm = shutil.which("idm", path=os.path.dirname(sys.executable))
     if idm is None:
         raise SystemExit("the idm console script is not installed next to this interpreter")
-    with tempfile.TemporaryDirectory() as tmp:
+    # The helper refuses a snapshot below a group- or world-writable folder, as sshd's
+    # StrictModes does (/tmp is one): the snapshot lives in the user's cache folder.
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "idm-bench"
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
         snap = Path(tmp) / "snapshot.sqlite"
         now = int(time.time())
         keys: list[tuple[str, str]] = []
