@@ -81,16 +81,24 @@ class Demo:
             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = [str(a) for a in args]
         print(f"   $ {self.show(argv)}", flush=True)
+        if args[0] == IDM and sys.stdout.isatty() and not quiet and input_text is None:
+            # idm's tables fit the terminal only when they are written to it
+            r = subprocess.run(argv, text=True, env=self.env, cwd=self.work, timeout=120)
+            self.check(argv, r.returncode, ok)
+            return r
         r = subprocess.run(argv, capture_output=True, text=True, env=self.env,
                            cwd=self.work, input=input_text, timeout=120)
         out = (r.stdout + r.stderr).rstrip()
         if out and not quiet:
             print(textwrap.indent(out, "     "), flush=True)
-        if ok and r.returncode != 0:
-            raise DemoError(f"step failed (exit {r.returncode}): {self.show(argv)}")
-        if not ok and r.returncode == 0:
-            raise DemoError(f"expected a refusal, but this succeeded: {self.show(argv)}")
+        self.check(argv, r.returncode, ok)
         return r
+
+    def check(self, argv: list[str], returncode: int, ok: bool) -> None:
+        if ok and returncode != 0:
+            raise DemoError(f"step failed (exit {returncode}): {self.show(argv)}")
+        if not ok and returncode == 0:
+            raise DemoError(f"expected a refusal, but this succeeded: {self.show(argv)}")
 
     def start(self, args: list[str | Path], ready: str, log: Path) -> subprocess.Popen[bytes]:
         argv = [str(a) for a in args]
