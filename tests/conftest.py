@@ -13,6 +13,7 @@ import pytest
 
 from tests.pkixssh import PkixsshBuild, PkixsshUnavailable, pkixssh_build, unavailable
 from tests.postgres import PostgresServer, PostgresUnavailable
+from tests.server.helpers import safe_folder
 
 REQUIRE_POSTGRES = os.environ.get("IDM_REQUIRE_POSTGRES") == "1"
 
@@ -76,3 +77,13 @@ def pkixssh() -> PkixsshBuild:
         return pkixssh_build()
     except PkixsshUnavailable as exc:
         unavailable(f"PKIX-SSH unavailable: {exc}")
+
+
+@pytest.fixture
+def safe_tmp() -> Iterator[Path]:
+    """Like tmp_path, but root-owned 0755 up to / (see helpers.safe_folder); removed after."""
+    folder = safe_folder()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

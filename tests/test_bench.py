@@ -9,15 +9,11 @@ sshd helper's StrictModes accept (bench/authorized_keys.py reads a snapshot from
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.server.helpers import safe_folder
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 GUARD = 300.0  # a ceiling against hangs, never a performance expectation
@@ -32,20 +28,11 @@ CASES = {
 }
 
 
-@pytest.fixture
-def cache_home() -> Iterator[Path]:
-    folder = safe_folder()
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @pytest.mark.softhsm
 @pytest.mark.parametrize("script", sorted(CASES))
-def test_benchmark_runs_to_its_result(script: str, cache_home: Path) -> None:
+def test_benchmark_runs_to_its_result(script: str, safe_tmp: Path) -> None:
     args, last_words = CASES[script]
-    env = {**os.environ, "XDG_CACHE_HOME": str(cache_home)}
+    env = {**os.environ, "XDG_CACHE_HOME": str(safe_tmp)}
     done = subprocess.run([sys.executable, str(BENCH / script), *args], env=env,
                           capture_output=True, text=True, timeout=GUARD,
                           stdin=subprocess.DEVNULL)
