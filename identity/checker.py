@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from cryptography import x509
 
     from idm.identity.inventory.store import CertificateRecord, Inventory
+    from idm.validator.inputfile import FileCheck
 
 CRL_SUFFIXES = {".crl", ".pem", ".der"}
 
@@ -115,9 +116,13 @@ class CertificateChecker:
         untrusted: Sequence[Path] = (),
         crl_paths: Sequence[Path] = (),
         extra_crls: Sequence[tuple[str, bytes]] = (),
+        anchor_check: FileCheck | None = None,
         **policy_overrides: object,
     ) -> CertificateChecker:
-        """Anchors from `ca` when given, else the configuration's [validation] ca."""
+        """Anchors from `ca` when given, else the configuration's [validation] ca.
+
+        ``anchor_check`` is called with each anchor file's path and stat before it is read
+        (see `idm.validator.bundle.load_bundle`); it raises to refuse the file."""
         from idm.validator.bundle import load_bundle
 
         ca_paths = list(ca) or list(config.validation.ca)
@@ -126,7 +131,7 @@ class CertificateChecker:
                 "no trust anchors: set [validation] ca in the configuration (or give --ca PATH "
                 "to commands that take it)"
             )
-        anchors = load_bundle(ca_paths, "CA bundle")
+        anchors = load_bundle(ca_paths, "CA bundle", anchor_check)
         if not anchors:
             raise CheckerError(f"no certificates found in {', '.join(map(str, ca_paths))}")
         intermediates = load_bundle([*config.validation.untrusted, *untrusted], "untrusted bundle")

@@ -17,6 +17,8 @@ from idm.validator.inputfile import BUNDLE_MAX_BYTES, CERTIFICATE_MAX_BYTES, rea
 if TYPE_CHECKING:  # imported on use: FOLDER_SUFFIXES alone must not load `cryptography`
     from cryptography import x509
 
+    from idm.validator.inputfile import FileCheck
+
 PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 # Extensions picked up when a CA folder is scanned; anything else (README, .0 hash links
 # that duplicate real files, keys) is skipped rather than failing the whole folder.
@@ -64,13 +66,15 @@ def load_certificate_file(
 
 
 def load_bundle(
-    paths: Iterable[str | Path], what: str = "certificate bundle"
+    paths: Iterable[str | Path], what: str = "certificate bundle", check: FileCheck | None = None
 ) -> list[x509.Certificate]:
     """Certificates from PEM bundles, DER files and folders, without duplicates.
 
     A folder contributes its files with a certificate-like suffix (.pem .crt .cer .der);
     an unparsable file named explicitly is an error, one inside a folder is an error too
     (a silently skipped CA would be a surprise), but other files in the folder are ignored.
+    ``check``, when given, is called with each file's path and stat before it is read
+    (the sshd helper passes its StrictModes check: whoever can write an anchor adds a CA).
     """
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -87,7 +91,8 @@ def load_bundle(
         else:
             raise MalformedInputError(f"{what} {p}: no such file or folder")
         for f in files:
-            for cert in parse_certificates(read_input_file(f, what, BUNDLE_MAX_BYTES), str(f)):
+            data = read_input_file(f, what, BUNDLE_MAX_BYTES, check)
+            for cert in parse_certificates(data, str(f)):
                 fp = hashlib.sha256(cert.public_bytes(Encoding.DER)).digest()
                 if fp not in seen:
                     seen.add(fp)

@@ -120,7 +120,8 @@ def authorize_x509(
         if d.status == "revoked":
             raise Denied(f"{what}: its key is in revoked certificate {d.certificate[:16]}")
     try:
-        checker = CertificateChecker.from_config(config)
+        # The anchors decide who logs in, like the snapshot: sshd's StrictModes apply.
+        checker = CertificateChecker.from_config(config, anchor_check=check_strict_modes)
     except ValueError as exc:  # CheckerError, a malformed bundle or policy value
         raise Denied(f"configuration: {exc}") from None
     from cryptography import x509

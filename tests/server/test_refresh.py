@@ -7,6 +7,7 @@ pytest's tmp_path under the world-writable /tmp: the helper refuses those (Stric
 from __future__ import annotations
 
 import base64
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +19,27 @@ from sample_ca_fixture import SampleCA, make_sample_ca, serving
 from idm.identity import sshwire as w
 from idm.identity.inventory.store import Inventory
 from idm.identity.server.snapshot import Snapshot, SnapshotError
-from tests.server.helpers import enroll, helper, idm, load_cert, plain_pub_line, write_config
+from tests.server.helpers import (
+    enroll,
+    helper,
+    idm,
+    load_cert,
+    plain_pub_line,
+    safe_folder,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleCA]:
-    ca = make_sample_ca(tmp_path_factory.mktemp("refresh-ca"))
-    with serving(ca):
-        yield ca
+def ca() -> Iterator[SampleCA]:
+    # In a safe folder: the helper reads the CA bundle under StrictModes too.
+    folder = safe_folder()
+    try:
+        ca = make_sample_ca(folder)
+        with serving(ca):
+            yield ca
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def setup(safe_tmp: Path, ca: SampleCA, db: str | None = None, name: str = "srv",
@@ -216,6 +230,35 @@ def test_x509_path_refuses_superseded_and_untrusted(safe_tmp: Path, ca: SampleCA
     proc = helper("--config", str(cfg), "x-stranger", *x509_args(stranger, "legacy"))
     assert proc.returncode == 1 and "untrusted" in proc.stderr
     inv.close()
+
+
+def test_x509_path_refuses_an_anchor_file_others_can_write(safe_tmp: Path, ca: SampleCA) -> None:
+    """Whoever can write a trust anchor adds a CA: the helper applies StrictModes to it."""
+    anchors = safe_tmp / "anchors"
+    anchors.mkdir()
+    bundle = anchors / "ca.pem"
+    shutil.copyfile(ca.ca_bundle, bundle)
+    bundle.chmod(0o644)
+    cfg = write_config(safe_tmp / "srv.toml", ca=bundle, untrusted=ca.chain,
+                       snapshot=safe_tmp / "srv" / "snapshot.sqlite",
+                       db=f"sqlite:///{safe_tmp / 'inventory.sqlite'}")
+    Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}").close()
+    idm("refresh", config=cfg)
+    cert = ca.user("x-anchor")
+    args = ("--config", str(cfg), "x-anchor", *x509_args(cert, "legacy"))
+    proc = helper(*args)
+    assert proc.returncode == 0, proc.stderr
+    for damage, words in [
+        (lambda: bundle.chmod(0o664), ("the file is writable by group or others (mode 0664)",)),
+        (lambda: anchors.chmod(0o777), ("folder", str(anchors), "(mode 0777)")),
+    ]:
+        bundle.chmod(0o644)
+        damage()
+        proc = helper(*args)
+        assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+        [line] = proc.stderr.splitlines()
+        assert "DENY: configuration: " in line and str(bundle) in line, line
+        assert "refused by StrictModes" in line and all(w in line for w in words), line
 
 
 @pytest.mark.parametrize(("key", "x509_types"), [
