@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -51,7 +51,7 @@ from idm.validator.revocation.fetch import Fetcher
 from idm.validator.revocation.ocsp import ocsp_urls
 from idm.validator.revocation.scope import distribution_points
 from idm.validator.revocation.store import MemoryRevocationStore, RevocationStore
-from idm.validator.signatures import is_self_signed, signed_by
+from idm.validator.signatures import is_self_signed, signed_by, usable_public_key
 from idm.validator.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,9 @@ class _Validation:
     # CRL may then speak for its own certificate (it verified that CRL; its path is what
     # is being validated): PKITS 4.14.30.
     signer: tuple[str, str, int] | None = None
+    # Issuer name -> why its CRL at hand is unusable: shared (`replace` keeps the same
+    # dict) with the validations of CRL signers, whose status is unknown then too.
+    unusable: dict[str, list[str]] = field(default_factory=dict)
 
     def run(self, cert: x509.Certificate, crls: Sequence[CrlInput]) -> Verdict:
         try:
@@ -207,9 +210,6 @@ class _Validation:
                 deadline=min(self.deadline, time.monotonic() + policy.budget_seconds),
             )
         warnings = list(outcome.warnings)
-        if cert.serial_number <= 0:
-            warnings.append(f"serial number {cert.serial_number} is not positive "
-                            "(RFC 5280 requires a positive serial)")
         chain = outcome.chain
 
         def verdict(status: str, reason: str, **kw: object) -> Verdict:
@@ -246,10 +246,9 @@ class _Validation:
             candidates=candidates,
             authorize=self._authorizer(chain[-1], candidates),
             deadline=self.deadline,
+            unusable=self.unusable,
         )
         check.load_supplied(crls)
-        warnings.extend(check.warnings)
-        check.warnings.clear()
         pairs = [(chain[i], chain[i + 1]) for i in range(len(chain) - 1)]
         return revocation_verdict(check, facts, pairs, fresh, warnings, verdict)
 
@@ -266,10 +265,8 @@ class _Validation:
         def authorize(signer_key: str, f: CertFacts) -> str | None:
             if not by_key:
                 for c in candidates:
-                    try:
+                    if usable_public_key(c) is not None:  # one that signs nothing is skipped
                         by_key.setdefault(ca_key(c), []).append(c)
-                    except (ValueError, TypeError):
-                        continue
             if self.signer == (signer_key, f.subject, f.serial):
                 return None
             certs = by_key.get(signer_key, [])

@@ -296,6 +296,9 @@ def validate_chain(
     policy = policy or Policy()
     max_intermediates, max_pool = policy.max_intermediates, policy.max_pool
     warnings: list[str] = []
+    if leaf.serial_number <= 0:  # kept with a remembered path, so every path says it
+        warnings.append(f"serial number {leaf.serial_number} is not positive "
+                        "(RFC 5280 requires a positive serial)")
     if not anchors:
         return PathOutcome(v.UNTRUSTED, "no trust anchors configured", (leaf,))
     leaf_fp = fingerprint(leaf)

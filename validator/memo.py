@@ -45,7 +45,7 @@ from idm.validator.verdict import Verdict
 if TYPE_CHECKING:
     from cryptography import x509
 
-_VERSION = "idm-path-2"
+_VERSION = "idm-path-3"
 
 
 @runtime_checkable
@@ -75,6 +75,10 @@ def path_key(
         "untrusted:" + ",".join(intermediate_sha256s),
         f"purpose:{policy.purpose}:{','.join(policy.client_ekus)}",
         f"caps:{policy.max_intermediates}:{policy.max_pool}",
+        # the key policy is part of path validation: a path valid under a looser one is
+        # not valid under a stricter one
+        f"keys:{policy.min_rsa_bits}:{','.join(sorted(policy.curves))}:{policy.allow_dsa}"
+        f":{policy.allow_sha1}",
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 

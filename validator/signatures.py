@@ -71,15 +71,23 @@ def cert_signature_ok(child: x509.Certificate, public_key: Any) -> bool:
     return verify(public_key, child.signature, child.tbs_certificate_bytes, *alg)
 
 
+def usable_public_key(cert: x509.Certificate) -> Any:
+    """The certificate's public key, or None when `cryptography` cannot use it (an unknown
+    key type or broken key parameters): such a certificate signs nothing."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        return cert.public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+
+
 def signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     """True when `parent` names (RFC 5280 §7.1) and signs `child` (no other checks)."""
     if not names_equal(child.issuer, parent.subject):
         return False
-    try:
-        key = parent.public_key()
-    except (ValueError, TypeError):
-        return False
-    return cert_signature_ok(child, key)
+    key = usable_public_key(parent)
+    return key is not None and cert_signature_ok(child, key)
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:

@@ -117,6 +117,30 @@ def test_separate_crl_key_counts_only_when_its_certificate_validates():
     assert v.status == "revocation-unknown" and "not authorised" in v.reason
 
 
+def test_unusable_crl_at_hand_also_decides_a_crl_signers_status():
+    """The separate CRL key's certificate is issued by another sub-CA whose CRL at hand is
+    unusable: the signer's status is unknown, so its CRL cannot clear the leaf."""
+    root, inter, leaf = make_pki()
+    sub2 = make_cert("Sub CA 2", root, ca=True)
+    crl_key = ec.generate_private_key(ec.SECP256R1())
+    b = (
+        _builder(inter.cert.subject, sub2, crl_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, False, True, False, False),
+                       True)
+    )
+    crl_signer = CA(b.sign(sub2.key, hashes.SHA256()), crl_key)
+    critical = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4"), b"\x05\x00")
+    crls = [_crl(inter, key=crl_key), _crl(root),
+            _crl(sub2, [(crl_signer.cert.serial_number, None)], extensions=[(critical, True)])]
+    pool = [inter.cert, sub2.cert, crl_signer.cert]
+    v = validate(leaf.cert, anchors=[root.cert], intermediates=pool, crls=crls)
+    assert v.status == "revocation-unknown" and "unknown critical extension" in v.reason, v.reason
+    crls[2] = _crl(sub2)  # the same sub-CA's usable CRL, which lists nothing
+    v = validate(leaf.cert, anchors=[root.cert], intermediates=pool, crls=crls)
+    assert v.valid, v.reason
+
+
 # -- usable CRLs (RFC 5280 §5.2, §5.3) ---------------------------------------------------
 
 
@@ -503,3 +527,70 @@ def test_planted_path_record_is_not_trusted(tmp_path, monkeypatch):
     assert not v.valid and v.status in ("untrusted", "invalid-path"), v.reason
     inv.close()
 
+
+def test_planted_record_with_good_signatures_is_not_trusted(tmp_path, monkeypatch):
+    """Every signature of the planted path verifies, but its middle certificate is no CA:
+    only the record's authentication (HMAC) can tell it was never validated."""
+    from idm.identity.inventory.store import open_inventory
+    from idm.validator.memo import path_key, record_for
+    from idm.validator.revocation.check import CertFacts
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    root = make_cert("Test Root", None, ca=True)
+    not_ca = make_cert("Not a CA", root, ca=False)
+    leaf = make_cert("bob", not_ca, eku=CLIENT)
+    inv = open_inventory(f"sqlite:///{tmp_path / 'inv.sqlite'}")
+    store = inv.revocation_store()
+    policy = Policy(revocation="off")
+    sha = lambda c: c.fingerprint(hashes.SHA256()).hex()  # noqa: E731
+    key_ = path_key(sha(leaf.cert), [sha(root.cert)], [sha(not_ca.cert)], policy)
+    facts = [CertFacts("CN=bob", leaf.cert.serial_number, "00", (), ())]
+    record = record_for([leaf.cert, not_ca.cert, root.cert], facts, "x509", ())
+    with store._tx(write=True) as cur:
+        cur.execute(
+            "INSERT INTO validated_paths (key, valid_from, valid_until, record, mac, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (key_, "2000-01-01 00:00:00.000000", "2099-01-01 00:00:00.000000",
+             record.to_json(), "00" * 32, "2000-01-01 00:00:00.000000"),
+        )
+    v = validate(leaf.cert, anchors=[root.cert], intermediates=[not_ca.cert], policy=policy,
+                 store=store)
+    assert not v.valid, v.reason
+    inv.close()
+
+
+def test_a_path_remembered_under_one_key_policy_is_not_valid_under_a_stricter_one(
+    tmp_path, monkeypatch
+):
+    from idm.identity.inventory.store import open_inventory
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    root, inter, leaf = make_pki()  # P-256 keys
+    inv = open_inventory(f"sqlite:///{tmp_path / 'inv.sqlite'}")
+    store = inv.revocation_store()
+    args = dict(anchors=[root.cert], intermediates=[inter.cert], store=store)
+    assert validate(leaf.cert, policy=Policy(revocation="off"), **args).valid  # remembered
+    strict = Policy(revocation="off", curves=("secp384r1",))
+    v = validate(leaf.cert, policy=strict, **args)
+    assert v.status == "invalid-path" and "secp256r1" in v.reason, v.reason
+    inv.close()
+
+
+def test_a_pool_certificate_with_an_unknown_key_type_is_passed_over():
+    """A same-name certificate whose key `cryptography` cannot load, before the real
+    intermediate in the pool: it signs nothing, and the path through the real one holds."""
+    from asn1crypto import x509 as ax509
+    from cryptography.hazmat.primitives.asymmetric import ec as ec_
+
+    root, inter, leaf = make_pki()
+    twin = make_cert(inter.cert.subject.rfc4514_string(), root, ca=True,
+                     subject_name=inter.cert.subject)
+    cert = ax509.Certificate.load(der(twin.cert))
+    tbs = cert["tbs_certificate"]
+    tbs["subject_public_key_info"]["algorithm"]["algorithm"] = "1.2.840.10045.2.9"
+    tbs_der = tbs.dump(force=True)
+    cert["signature_value"] = root.key.sign(tbs_der, ec_.ECDSA(hashes.SHA256()))
+    odd = x509.load_der_x509_certificate(cert.dump(force=True))
+    v = validate(leaf.cert, anchors=[root.cert], intermediates=[odd, inter.cert],
+                 crls=[_crl(inter), _crl(root)])
+    assert v.valid, v.reason

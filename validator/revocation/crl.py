@@ -33,7 +33,7 @@ from idm.validator.policy import Policy
 from idm.validator.revocation.crlder import entries_from_der, revoked_list_bounds, serial_bytes
 from idm.validator.revocation.scope import crl_scope
 from idm.validator.revocation.store import CrlInfo, Entry, RevocationStore, issuer_key_from_parts
-from idm.validator.signatures import crl_signature_ok
+from idm.validator.signatures import crl_signature_ok, usable_public_key
 
 _OID = x509.oid.ExtensionOID
 _ENTRY_OID = x509.oid.CRLEntryExtensionOID
@@ -262,11 +262,8 @@ def find_crl_signer(
     for ca in candidates:
         if name_key(ca.subject) != issuer:
             continue
-        try:
-            key = ca.public_key()
-        except (ValueError, TypeError):
-            continue
-        if not crl_signature_ok(crl, key, der):
+        key = usable_public_key(ca)
+        if key is None or not crl_signature_ok(crl, key, der):
             continue
         problem = policy.key_problem(key)
         if problem is None:
