@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from idm.validator.revocation.scope import CrlScope
 from idm.validator.revocation.store import CrlInfo, Entry, OcspRecord, RevokedEntry
 
 if TYPE_CHECKING:
@@ -322,18 +323,19 @@ class SqlRevocationStore:
             if row is None:
                 return False  # held already (or stored by another process just now)
             crl_id = row[0]
-            # Older CRLs of this signer and scope that have expired are superseded by this
-            # one (CRLs are cumulative): drop them and their entries so the tables do not
-            # grow daily.
+            # Older CRLs of this signer and lineage (scope; complete or delta) that have
+            # expired are superseded by this one (CRLs are cumulative): drop them and their
+            # entries so the tables do not grow daily.
             cur.execute(
                 self._sql(
-                    "SELECT id FROM crls WHERE issuer_key = ? AND scope = ? AND id != ? "
+                    "SELECT id, scope FROM crls WHERE issuer_key = ? AND id != ? "
                     "AND next_update < ? AND this_update < ?"
                 ),
-                (info.issuer_key, info.scope, crl_id, self._time(fetched),
-                 self._time(info.this_update)),
+                (info.issuer_key, crl_id, self._time(fetched), self._time(info.this_update)),
             )
-            for (stale,) in cur.fetchall():
+            lineage = CrlScope.lineage(info.scope)
+            stale_ids = [i for i, scope in cur.fetchall() if CrlScope.lineage(scope) == lineage]
+            for stale in stale_ids:
                 cur.execute(self._sql("DELETE FROM revoked_serials WHERE crl_id = ?"), (stale,))
                 cur.execute(self._sql("DELETE FROM crls WHERE id = ?"), (stale,))
             if rows is not None:

@@ -90,3 +90,23 @@ def test_ocsp_records(store):
     store.store_ocsp(rec("good", NOW - 5 * H))  # older than held: ignored
     assert store.ocsp(k, 42, NOW).status == "revoked"
     assert store.ocsp(k, 43, NOW) is None
+
+
+def test_an_expired_crl_is_replaced_by_a_newer_one_of_its_lineage(tmp_path):
+    """The inventory drops an expired CRL when a newer one of the same signer and lineage
+    arrives: a complete CRL by a complete one, a delta CRL by a delta of any base."""
+    from idm.identity.inventory.store import open_inventory
+    from idm.validator.revocation.scope import CrlScope
+
+    now = dt.datetime.now(dt.UTC)
+    delta = [CrlScope(delta_base=n).to_text() for n in (1, 2)]
+    inv = open_inventory(f"sqlite:///{tmp_path / 'inv.sqlite'}")
+    store = inv.revocation_store()
+    store.store_crl(_crl(1, now - 50 * H, now - 26 * H, "01" * 32), [(5, now - 60 * H, None, None)])
+    store.store_crl(_crl(2, now - 50 * H, now - 26 * H, "02" * 32, scope=delta[0]), [])
+    store.store_crl(_crl(3, now - H, now + H, "03" * 32, scope=delta[1]), [])
+    assert {c.sha256 for c in store.crls_named("nn" * 16)} == {"01" * 32, "03" * 32}
+    store.store_crl(_crl(4, now - H, now + H, "04" * 32), [])
+    assert {c.sha256 for c in store.crls_named("nn" * 16)} == {"03" * 32, "04" * 32}
+    assert store.crl_entries(["01" * 32], 5) == []
+    inv.close()

@@ -87,6 +87,17 @@ class CrlScope:
         return json.dumps({"s": self.key(), "d": self.delta_base}, separators=(",", ":"))
 
     @classmethod
+    def lineage(cls, text: str | None) -> tuple[str, bool]:
+        """What a newer CRL of the same signer replaces: complete CRLs of the same scope
+        replace each other, and so do delta CRLs of that scope, whatever their base.
+        (A text this code did not write is its own lineage.)"""
+        try:
+            scope = cls.from_text(text)
+        except (ValueError, KeyError, TypeError):
+            return f"unknown:{text}", False
+        return scope.key(), scope.is_delta
+
+    @classmethod
     def from_text(cls, text: str | None) -> CrlScope:
         if not text:
             return cls()
