@@ -214,28 +214,19 @@ class _Express:
         crl_paths: Sequence[Path],
         crl_max_bytes: int,
     ) -> None:
-        from idm.identity.checker import CRL_SUFFIXES
-        from idm.validator.inputfile import InputFileError, read_input_file
+        from idm.identity.checker import CheckerError, crl_files
+        from idm.validator.inputfile import InputFileError
 
         self.ready = False
         anchors = self._bundle(ca_paths) if ca_paths else None
         untrusted = self._bundle(untrusted_paths)
         if anchors is None or untrusted is None:
             return
-        crls: list[str] = []
-        for path in crl_paths:
-            try:
-                files = (
-                    sorted(p for p in path.iterdir() if p.suffix.lower() in CRL_SUFFIXES)
-                    if path.is_dir()
-                    else [path]
-                )
-                crls.extend(
-                    hashlib.sha256(read_input_file(f, "CRL", crl_max_bytes)).hexdigest()
-                    for f in files
-                )
-            except (OSError, InputFileError):
-                return  # the full way reports what is wrong
+        try:
+            crls = [hashlib.sha256(data).hexdigest()
+                    for _, data in crl_files(crl_paths, crl_max_bytes)]
+        except (OSError, InputFileError, CheckerError):
+            return  # the full way reports what is wrong
         self.anchors, self.untrusted, self.crls = anchors, untrusted, crls
         self.ready = True
 
