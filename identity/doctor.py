@@ -19,7 +19,6 @@ import os
 import pwd
 import shlex
 import socket
-import stat
 import struct
 import subprocess
 from collections.abc import Callable, Mapping
@@ -34,7 +33,9 @@ from idm.identity.agent.protocol import (
 )
 from idm.identity.agent.server import peer_credentials
 from idm.identity.config import Config
+from idm.identity.server.strictmodes import check_strict_modes
 from idm.identity.syslog_socket import SYSLOG_SOCKET, syslog_reachable
+from idm.validator.inputfile import InputFileError
 
 OK, FAIL, WARN, SKIP = "ok", "fail", "warn", "skip"
 SSHD = "/usr/sbin/sshd"
@@ -138,29 +139,18 @@ def sshd_settings(sshd_config: str, sshd: str = SSHD) -> dict[str, str]:
 def unsafe_component(path: str) -> str | None:
     """Why sshd's safe_path() refuses `path` as a root-run program, or None.
 
-    The file (symlinks resolved) must be a regular file owned by root and not writable
-    by group or others, and so must every folder above it up to `/`.
+    The resolved file must be a regular file owned by root and not writable by group or
+    others, and so must every folder above it up to `/`: the helper's StrictModes rule for
+    uid 0, applied to the resolved path as sshd does.
     """
     real = os.path.realpath(path)
     try:
-        st = os.stat(real)
+        check_strict_modes(real, os.stat(real), uid=0)
     except OSError as exc:
         return f"{real}: {exc.strerror}"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{real} is not a regular file"
-    if st.st_uid != 0 or st.st_mode & 0o022:
-        return (f"{real} is owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o} "
-                "(must be root's and not writable by group or others)")
-    folder = os.path.dirname(real)
-    while True:
-        st = os.stat(folder)
-        if st.st_uid != 0 or st.st_mode & 0o022:
-            return (f"the folder {folder} is owned by uid {st.st_uid} with mode "
-                    f"{stat.S_IMODE(st.st_mode):04o} (every folder above the helper must be "
-                    "root's and not writable by group or others)")
-        if folder == "/":
-            return None
-        folder = os.path.dirname(folder)
+    except InputFileError as exc:
+        return str(exc)
+    return None
 
 
 def _probe_helper(argv: list[str], user: pwd.struct_passwd) -> Finding:

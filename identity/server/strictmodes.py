@@ -21,7 +21,9 @@ from idm.validator.inputfile import InputFileError
 RULE = "StrictModes"
 
 
-def _problem(st: os.stat_result, uid: int) -> str | None:
+def unsafe_owner_or_mode(st: os.stat_result, uid: int) -> str | None:
+    """Why a file or folder with stat ``st`` fails the owner/mode rule for ``uid`` (owned
+    by root or ``uid``, writable by neither group nor others), or None."""
     owners = "root" if uid == 0 else f"root or uid {uid}"
     if st.st_uid not in (0, uid):
         return f"owned by uid {st.st_uid}, not {owners}"
@@ -46,7 +48,7 @@ def check_strict_modes(path: str, st: os.stat_result, uid: int | None = None) ->
     uid = os.geteuid() if uid is None else uid
     if not stat.S_ISREG(st.st_mode):
         raise InputFileError(f"{path}: not a regular file ({RULE})")
-    problem = _problem(st, uid)
+    problem = unsafe_owner_or_mode(st, uid)
     if problem:
         raise InputFileError(f"{path}: refused by {RULE}: the file is {problem}")
     given = os.path.abspath(path)
@@ -63,6 +65,6 @@ def check_strict_modes(path: str, st: os.stat_result, uid: int | None = None) ->
             fst = os.stat(folder)
         except OSError as exc:
             raise InputFileError(f"{path}: cannot check folder {folder} ({exc.strerror})") from None
-        problem = _problem(fst, uid)
+        problem = unsafe_owner_or_mode(fst, uid)
         if problem:
             raise InputFileError(f"{path}: refused by {RULE}: folder {folder} is {problem}")

@@ -29,6 +29,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from idm.identity.server.strictmodes import unsafe_owner_or_mode
 from idm.identity.tokens.errors import ProviderError
 
 # ssh-agent's default allow-list for `ssh-add -s` (its -P option): system library folders.
@@ -196,12 +197,9 @@ def open_module_file(path: str, prefixes: Sequence[str] = ALLOWED_PREFIXES) -> M
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ModuleFileError(f"provider {real} is not a regular file")
-        if st.st_uid not in (0, os.getuid()):
-            raise ModuleFileError(f"provider {real} belongs to uid {st.st_uid}, not to root "
-                                  "or to the agent's user")
-        if st.st_mode & 0o022:
-            raise ModuleFileError(f"provider {real} is writable by group or others (mode "
-                                  f"{stat.S_IMODE(st.st_mode):o})")
+        problem = unsafe_owner_or_mode(st, os.getuid())
+        if problem:
+            raise ModuleFileError(f"provider {real} is {problem}")
         if REQUIRED_SYMBOL not in exported_functions(fd):
             raise ModuleFileError(f"provider {real} is not a PKCS#11 module: it does not "
                                   f"export {REQUIRED_SYMBOL}")
