@@ -153,11 +153,16 @@ def unsafe_component(path: str) -> str | None:
     return None
 
 
+def _probe_command(argv: list[str]) -> list[str]:
+    """sshd's AuthorizedKeysCommand asking about PROBE_USER, without a key."""
+    return [PROBE_USER if a == "%u" else a for a in argv if a not in _KEY_TOKENS]
+
+
 def _probe_helper(argv: list[str], user: pwd.struct_passwd) -> Finding:
     """Run the helper as sshd would (as `user`, sshd's small environment) for a user that
     does not exist: reaching "no fresh certificate is mapped" proves it ran, read its
     configuration and opened a fresh snapshot."""
-    command = [PROBE_USER if a == "%u" else a for a in argv if a not in _KEY_TOKENS]
+    command = _probe_command(argv)
     env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "USER": user.pw_name,
            "LOGNAME": user.pw_name, "HOME": user.pw_dir}
     groups = os.getgrouplist(user.pw_name, user.pw_gid)
@@ -222,18 +227,53 @@ def _server(config: Config, sshd_config: str, sshd: str) -> list[Finding]:
             found.append(Finding("helper as AuthorizedKeysCommandUser", SKIP,
                                  f"not root: cannot run the helper as {user.pw_name}",
                                  "run idm doctor as root"))
-    found.append(_snapshot(config, required=True))
+    found.append(_helper_snapshot(argv, 0 if user is None else user.pw_uid))
     return found
 
 
-def _snapshot(config: Config, *, required: bool) -> Finding:
+def _helper_snapshot(argv: list[str], uid: int) -> Finding:
+    """The snapshot the helper named by sshd's ``argv`` opens, checked as it checks it
+    (StrictModes for ``uid``, the AuthorizedKeysCommandUser's). What a wrapper script adds
+    to the helper's command line is not visible here."""
+    from idm.identity.config import ConfigError, load_config
+    from idm.identity.server.authorized_keys import (
+        Denied,
+        config_path,
+        parse_arguments,
+        snapshot_path,
+    )
+
+    def check(path: str, st: os.stat_result) -> None:
+        check_strict_modes(path, st, uid=uid)
+
+    command = _probe_command(argv)
+    words = command[command.index("authorized-keys") + 1:] if "authorized-keys" in command \
+        else command[1:]
+    try:
+        args = parse_arguments(words)
+    except Denied as exc:
+        return Finding("snapshot", FAIL, f"AuthorizedKeysCommand: {exc}",
+                       "AuthorizedKeysCommand /usr/local/bin/idm authorized-keys %u %t %k")
+    config = None
+    if args.snapshot is None:
+        path = config_path(args, {})  # sshd passes no IDM_CONFIG to the command
+        try:
+            config = load_config(path, check=check) if path else Config()
+        except ConfigError as exc:
+            return Finding("snapshot", FAIL, f"the helper's configuration: {exc}",
+                           "correct the file the helper reads (--config, else "
+                           "/etc/idm/config.toml)")
+    return _snapshot(Path(snapshot_path(args, config)), required=True, check=check)
+
+
+def _snapshot(path: Path, *, required: bool,
+              check: Callable[[str, os.stat_result], None] | None = None) -> Finding:
     from idm.identity.server.snapshot import Snapshot, SnapshotError
 
-    path = config.server.snapshot
     if not path.exists() and not required:
         return Finding("snapshot", SKIP, f"{path} does not exist (not a server)")
     try:
-        with Snapshot(path) as snap:
+        with Snapshot(path, check=check) as snap:
             snap.check_fresh()
             entries = snap.info.entries
     except SnapshotError as exc:
@@ -335,7 +375,7 @@ def run_checks(
     server = _server(config, sshd_config, sshd)
     found += server
     if not any(f.check == "snapshot" for f in server):
-        found.append(_snapshot(config, required=False))
+        found.append(_snapshot(config.server.snapshot, required=False))
     found.append(_syslog())
     found.append(_agent(env, config))
     return found

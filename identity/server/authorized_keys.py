@@ -46,6 +46,8 @@ from idm.identity.display import printable
 # any name TYPE_CHECKING).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from idm.identity.config import Config
     from idm.identity.server.snapshot import KeyEntry, Snapshot
 
@@ -86,11 +88,13 @@ class Denied(Exception):
     """The login is refused; the message is the one log line that says why."""
 
 
-class _Help(Exception):
+class _Help(Denied):
     pass
 
 
-class _Args:
+class HelperArguments:
+    """What the helper's command line asks: its options and sshd's %u [%t %k]."""
+
     __slots__ = ("config", "snapshot", "log_file", "user", "key_type", "key_blob")
 
     def __init__(self) -> None:
@@ -102,13 +106,15 @@ class _Args:
         self.key_blob: str | None = None
 
 
-def _parse(argv: list[str]) -> _Args:
-    args = _Args()
+def parse_arguments(argv: list[str]) -> HelperArguments:
+    """The helper's command line (the words after ``authorized-keys``); Denied when it is
+    not one sshd could have sent."""
+    args = HelperArguments()
     positional: list[str] = []
     if argv in (["-h"], ["--help"]):
         # Only alone: anything sshd passes (%u, %k) must never turn into help text on
         # stdout, which sshd would read as authorized_keys lines.
-        raise _Help
+        raise _Help("usage: --help alone prints the usage, no key lines")
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -197,29 +203,38 @@ def _ssh_fingerprint(blob: bytes) -> str:
 # -- configuration -------------------------------------------------------------------------
 
 
-def _config(args: _Args) -> Config:
-    from idm.identity.config import ConfigError, load_config
-
-    explicit = args.config or os.environ.get("IDM_CONFIG")
+def config_path(args: HelperArguments, env: Mapping[str, str]) -> str | None:
+    """The configuration file the helper reads: --config, else IDM_CONFIG of ``env``, else
+    /etc/idm/config.toml when it exists; None leaves it to `load_config`'s default."""
+    explicit = args.config or env.get("IDM_CONFIG")
     if not explicit and os.path.exists(DEFAULT_SYSTEM_CONFIG):
         explicit = DEFAULT_SYSTEM_CONFIG
+    return explicit
+
+
+def snapshot_path(args: HelperArguments, config: Config | None) -> str:
+    """The snapshot the helper opens: --snapshot, else the configuration's."""
+    if args.snapshot:
+        return args.snapshot
+    assert config is not None  # loaded whenever --snapshot is not given
+    return str(config.server.snapshot)
+
+
+def _config(args: HelperArguments) -> Config:
+    from idm.identity.config import ConfigError, load_config
     from idm.identity.server.strictmodes import check_strict_modes
 
     try:
-        return load_config(explicit, check=check_strict_modes)
+        return load_config(config_path(args, os.environ), check=check_strict_modes)
     except ConfigError as exc:
         raise Denied(f"configuration: {exc}") from None
 
 
-def _open_snapshot(args: _Args, config: Config | None) -> Snapshot:
+def _open_snapshot(args: HelperArguments, config: Config | None) -> Snapshot:
     from idm.identity.server.snapshot import Snapshot, SnapshotError
     from idm.identity.server.strictmodes import check_strict_modes
 
-    if args.snapshot:
-        path = args.snapshot
-    else:
-        assert config is not None  # main() loads it whenever --snapshot is not given
-        path = str(config.server.snapshot)
+    path = snapshot_path(args, config)
     try:
         snap = Snapshot(path, check=check_strict_modes)
         snap.check_fresh()
@@ -293,7 +308,7 @@ def _allowed(what: str, entry: KeyEntry, log_file: str | None) -> None:
          f"{entry.rule}", log_file, denied=False)
 
 
-def _plain(args: _Args, raw: bytes, snap: Snapshot) -> list[str]:
+def _plain(args: HelperArguments, raw: bytes, snap: Snapshot) -> list[str]:
     assert args.key_type is not None
     what = f"user {args.user} key {args.key_type} {_ssh_fingerprint(raw)}"
     fresh = _fresh_entries(args.user, args.key_type, raw, what, snap)
@@ -301,7 +316,7 @@ def _plain(args: _Args, raw: bytes, snap: Snapshot) -> list[str]:
     return sorted({e.line for e in fresh})
 
 
-def _pkix_plain_key(args: _Args, raw: bytes, snap: Snapshot) -> list[str]:
+def _pkix_plain_key(args: HelperArguments, raw: bytes, snap: Snapshot) -> list[str]:
     """PKIX-SSH's sshd: %t an X.509 key type, %k the plain key of the certificate."""
     assert args.key_type is not None
     key_type = _blob_key_type(raw) or "?"
@@ -316,7 +331,7 @@ def _pkix_plain_key(args: _Args, raw: bytes, snap: Snapshot) -> list[str]:
     return sorted({e.x509_line for e in fresh})
 
 
-def _all_for_user(args: _Args, snap: Snapshot) -> list[str]:
+def _all_for_user(args: HelperArguments, snap: Snapshot) -> list[str]:
     fresh = [e for e in snap.keys_for_user(args.user) if e.valid_until > snap.now]
     if not fresh:
         raise Denied(f"user {args.user}: no fresh certificate is mapped to this user")
@@ -328,7 +343,7 @@ def main(argv: list[str]) -> int:
     log_file: str | None = None
     try:
         try:
-            args = _parse(argv)
+            args = parse_arguments(argv)
         except _Help:
             sys.stdout.write(USAGE)
             return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from sample_ca_fixture import make_sample_ca
 
 from idm.identity.inventory.store import Inventory
+from idm.identity.server.snapshot import write_snapshot
 from tests.server.helpers import HelperInstall, enroll, idm, write_config
 from tests.softhsm import SOFTHSM_MODULE, SoftHSM
 from tests.sshd import ensure_privsep_dir
@@ -58,7 +60,14 @@ def test_doctor_on_a_broken_set_up(tmp_path: Path, root: None) -> None:
         f'[validation]\nca = ["{tmp_path / "missing-ca.pem"}"]\n'
         f'[tokens]\nproviders = ["{tmp_path / "nosuch-pkcs11.so"}"]\n'
         f'[server]\nsnapshot = "{tmp_path / "snapshot.sqlite"}"\n')
-    sshd = sshd_config(tmp_path / "sshd_config", f"{helper} authorized-keys %u %t %k",
+    # The helper's own --snapshot: fresh, but under /tmp, which StrictModes refuses. The
+    # doctor's configuration names the same file: it must check what the helper opens, as
+    # the helper checks it.
+    snapshot = tmp_path / "snapshot.sqlite"
+    write_snapshot(snapshot, [], written_at=int(time.time()),
+                   deadline=int(time.time()) + 3600, source="test")
+    sshd = sshd_config(tmp_path / "sshd_config",
+                       f"{helper} authorized-keys --snapshot {snapshot} %u %t %k",
                        "idm-no-such-user")
     stale_socket = tmp_path / "agent.sock"
     stale_socket.write_text("")
@@ -78,7 +87,8 @@ def test_doctor_on_a_broken_set_up(tmp_path: Path, root: None) -> None:
         in path["detail"]
     assert checks["AuthorizedKeysCommandUser"]["status"] == "fail"
     assert "idm-no-such-user" in checks["AuthorizedKeysCommandUser"]["detail"]
-    assert checks["snapshot"]["status"] == "fail" and "missing" in checks["snapshot"]["detail"]
+    assert checks["snapshot"]["status"] == "fail"
+    assert f"{snapshot}: refused by StrictModes: folder /tmp" in checks["snapshot"]["detail"]
     assert checks["agent"]["status"] == "fail" and "no agent answers" in checks["agent"]["detail"]
     assert checks["syslog"]["status"] in ("ok", "warn")
     assert all(f["fix"] for f in checks.values() if f["status"] == "fail")
@@ -110,7 +120,13 @@ def test_doctor_on_a_good_set_up(tmp_path: Path, root: None, install: HelperInst
     enroll(inv, ca.user("good"))
     inv.close()
     idm("refresh", config=config)
-    sshd = sshd_config(tmp_path / "sshd_config", f"{install.wrapper} %u %t %k", "nobody")
+    # The helper's --config, as sshd passes it; the doctor's own configuration names another
+    # snapshot (missing): the doctor checks the helper's.
+    sshd = sshd_config(tmp_path / "sshd_config",
+                       f"{install.wrapper} --config {install.config} %u %t %k", "nobody")
+    own = tmp_path / "own.toml"
+    own.write_text(config.read_text().replace(str(install.snapshot),
+                                              str(tmp_path / "no-such-snapshot.sqlite")))
     env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}
     started = subprocess.run([*IDM, "--config", str(config), "agent"], capture_output=True,
                              text=True, env=env, timeout=60, check=True).stdout
@@ -118,7 +134,7 @@ def test_doctor_on_a_good_set_up(tmp_path: Path, root: None, install: HelperInst
                  if part.startswith(("SSH_AUTH_SOCK=", "SSH_AGENT_PID=")))
     env.update(agent)
     try:
-        code, checks = doctor(config, sshd, env)
+        code, checks = doctor(own, sshd, env)
     finally:
         subprocess.run([*IDM, "agent", "-k"], env=env, capture_output=True, check=False)
     failed = {k: f for k, f in checks.items() if f["status"] not in ("ok", "warn")}
