@@ -218,24 +218,30 @@ STALE_TEMP_SECONDS = 60
 def remove_stale_temp_files(path: str | os.PathLike[str], *, now: float | None = None) -> int:
     """Remove the temporary files `write_snapshot` left next to ``path`` when it was killed
     before its rename: those named ``.NAME.PID.*.tmp`` whose writer PID is gone, and any
-    ``.NAME.*.tmp`` unchanged for `STALE_TEMP_SECONDS`. Returns how many were removed."""
+    ``.NAME.*.tmp`` unchanged for `STALE_TEMP_SECONDS`. Returns how many were removed.
+
+    Only names `write_snapshot` makes match: ``.NAME.`` followed by a PID (absent in
+    files of versions before it was added) and mkstemp's 8 random characters, which hold
+    no dot, so the files of a sibling snapshot ``NAME.x`` (``.NAME.x.PID.XXXXXXXX.tmp``,
+    under its own lock) never do."""
+    import re  # here, not at the top: the helper imports this module at every login
+
     target = Path(path)
-    prefix = f".{target.name}."
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(\d+)\.)?[a-z0-9_]{{8}}\.tmp")
     moment = time.time() if now is None else now
     removed = 0
     try:
-        names = [n for n in os.listdir(target.parent)
-                 if n.startswith(prefix) and n.endswith(".tmp")]
+        found = [(n, m.group(1)) for n in os.listdir(target.parent)
+                 if (m := pattern.fullmatch(n))]
     except OSError:
         return 0
-    for name in names:
+    for name, pid in found:
         tmp = target.parent / name
-        middle = name[len(prefix):-len(".tmp")].split(".")
         try:
             st = os.lstat(tmp)
             if not stat.S_ISREG(st.st_mode):
                 continue
-            writer_gone = len(middle) == 2 and middle[0].isdigit() and not _alive(int(middle[0]))
+            writer_gone = pid is not None and not _alive(int(pid))
             if writer_gone or moment - st.st_mtime > STALE_TEMP_SECONDS:
                 os.unlink(tmp)
                 removed += 1

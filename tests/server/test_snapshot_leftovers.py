@@ -73,14 +73,19 @@ def test_only_stale_files_of_this_snapshot_are_removed(tmp_path: Path) -> None:
         "live writer": f".snapshot.sqlite.{os.getpid()}.zyxw9876.tmp",
         "young, no pid": ".snapshot.sqlite.q1w2e3r4.tmp",
         "another snapshot": f".other.sqlite.{gone.pid}.abcd1234.tmp",
+        # snapshot.sqlite.x has its own lock and refresh: its temporary files are not ours
+        "sibling, dead writer": f".snapshot.sqlite.x.{gone.pid}.abcd1234.tmp",
+        "sibling, old": ".snapshot.sqlite.x.k2j3h4g5.tmp",
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"partial")
     old = time.time() - STALE_TEMP_SECONDS - 5
     os.utime(tmp_path / names["old, no pid"], (old, old))
+    os.utime(tmp_path / names["sibling, old"], (old, old))
     (tmp_path / f".snapshot.sqlite.{gone.pid}.folder.tmp").mkdir()  # not a file: kept
 
     assert remove_stale_temp_files(tmp_path / "snapshot.sqlite") == 2
     left = set(leftovers(tmp_path))
     assert names["dead writer"] not in left and names["old, no pid"] not in left
-    assert {names["live writer"], names["young, no pid"], names["another snapshot"]} <= left
+    assert {names["live writer"], names["young, no pid"], names["another snapshot"],
+            names["sibling, dead writer"], names["sibling, old"]} <= left
