@@ -29,15 +29,10 @@ def doctor_command(app: AppContext, sshd_config: str, as_json: bool) -> None:
     SSH_AUTH_SOCK. Exit status 0 when nothing failed, 1 otherwise (warnings do not fail).
     """
     from idm.identity.doctor import FAIL, run_checks
-    from idm.identity.inventory.store import InventoryError, open_inventory
+    from idm.identity.inventory.store import open_inventory
 
-    def inventory() -> object:
-        try:
-            return open_inventory(app.db_url, create=False)
-        except InventoryError as exc:
-            raise RuntimeError(str(exc)) from None
-
-    findings = run_checks(app.config, inventory, env=os.environ, sshd_config=sshd_config)
+    findings = run_checks(app.config, lambda: open_inventory(app.db_url, create=False),
+                          env=os.environ, sshd_config=sshd_config)
     failed = any(f.status == FAIL for f in findings)
     if as_json:
         print_json({"ok": not failed, "checks": [f.as_dict() for f in findings]})

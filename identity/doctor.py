@@ -24,7 +24,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from idm.identity.agent.protocol import (
     SSH_AGENT_IDENTITIES_ANSWER,
@@ -36,6 +36,9 @@ from idm.identity.config import Config
 from idm.identity.server.strictmodes import check_strict_modes
 from idm.identity.syslog_socket import SYSLOG_SOCKET, syslog_reachable
 from idm.validator.inputfile import InputFileError
+
+if TYPE_CHECKING:
+    from idm.identity.inventory.store import Inventory
 
 OK, FAIL, WARN, SKIP = "ok", "fail", "warn", "skip"
 SSHD = "/usr/sbin/sshd"
@@ -106,16 +109,22 @@ def _providers(config: Config) -> list[Finding]:
     return found
 
 
-def _inventory(open_inventory: Callable[[], Any]) -> Finding:
+def _inventory(open_inventory: Callable[[], Inventory]) -> Finding:
+    from idm.identity.inventory.store import InventoryError
+
     try:
         inventory = open_inventory()
-        approved = len(inventory.certificates(status="approved"))
-    except Exception as exc:  # noqa: BLE001 - UserError or InventoryError: one line either way
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        return Finding("inventory", FAIL, message,
+    except InventoryError as exc:
+        return Finding("inventory", FAIL, str(exc),
                        "correct the URL, or create the inventory: `idm db upgrade`")
-    return Finding("inventory", OK, f"{inventory.display_url} ({approved} approved "
-                                    "certificate(s))")
+    try:
+        approved = len(inventory.certificates(status="approved"))
+        where = inventory.display_url
+    except InventoryError as exc:
+        return Finding("inventory", FAIL, str(exc), "check that the database server answers")
+    finally:
+        inventory.close()
+    return Finding("inventory", OK, f"{where} ({approved} approved certificate(s))")
 
 
 def sshd_settings(sshd_config: str, sshd: str = SSHD) -> dict[str, str]:
@@ -360,7 +369,7 @@ def _listener_pid(path: str) -> int | None:
 
 def run_checks(
     config: Config,
-    open_inventory: Callable[[], Any],
+    open_inventory: Callable[[], Inventory],
     *,
     env: Mapping[str, str],
     sshd_config: str = SSHD_CONFIG,
