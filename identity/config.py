@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from idm.validator.inputfile import CONFIG_MAX_BYTES, InputFileError, read_input_file
+from idm.validator.policy import DEFAULT_CURVES, Policy, PolicyError  # standard library only
 
 SOFTHSM2_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
@@ -80,7 +81,7 @@ class ValidationSettings:
     max_intermediates: int = 8
     max_pool: int = 64
     min_rsa_bits: int = 2048
-    curves: list[str] = field(default_factory=lambda: ["secp256r1", "secp384r1", "secp521r1"])
+    curves: list[str] = field(default_factory=lambda: list(DEFAULT_CURVES))
     allow_dsa: bool = False
     allow_sha1: bool = False
     expiry_warning_days: int = 30
@@ -235,13 +236,10 @@ def _check(config: Config) -> None:
             f"[validation] purpose: {config.validation.purpose!r} is not one of "
             + ", ".join(PURPOSES)
         )
-    from idm.validator.policy import CURVES  # standard library only, like this module
-
-    bad = [c for c in config.validation.curves if c not in CURVES]
-    if bad:
-        raise ConfigError(
-            f"[validation] curves: unknown curve {bad[0]!r} (curves: {', '.join(CURVES)})"
-        )
+    try:  # the policy's own check of its curve names
+        Policy(curves=tuple(config.validation.curves))
+    except PolicyError as exc:
+        raise ConfigError(f"[validation] curves: {exc}") from None
     unknown = [r for r in config.server.mapping if r not in MAPPING_RULES]
     if unknown:
         raise ConfigError(

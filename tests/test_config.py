@@ -60,6 +60,8 @@ BAD_FILES = [
     ("[revocation]\npolicy = 'maybe'\n", "[revocation] policy", "is not one of"),
     ("[validation]\npurpose = 'fun'\n", "[validation] purpose", "is not one of"),
     ("[server]\nmapping = ['email', 'shoe-size']\n", "[server] mapping", "unknown rule"),
+    ("[validation]\ncurves = ['secp256r1', 'nope']\n", "[validation] curves",
+     "unknown curve 'nope': use some of secp256r1"),
 ]
 
 
