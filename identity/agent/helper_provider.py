@@ -72,11 +72,14 @@ class HelperProvider:
         self._sessions: dict[TokenIdentity, HelperSession] = {}
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # -I (isolated): `-m` would put the working folder (say /tmp) first on
+            # sys.path, and PYTHON* variables or the user's site folder could add more;
+            # the helper receives PINs, so it imports only from the installation.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "idm.identity.agent.pkcs11_helper",
+                [sys.executable, "-I", "-m", "idm.identity.agent.pkcs11_helper",
                  str(theirs.fileno()), str(module.fd), module.path],
                 pass_fds=(theirs.fileno(), module.fd), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, close_fds=True,
+                stdout=subprocess.DEVNULL, close_fds=True, cwd="/",
             )
         except OSError as exc:
             ours.close()

@@ -516,6 +516,35 @@ def test_ssh_add_s_provider_runs_in_a_helper_that_ends_with_e_and_with_the_agent
     _wait_until(lambda: not Path(f"/proc/{third}").exists(), "the helper to exit with the agent")
 
 
+@pytest.mark.softhsm
+def test_the_helper_imports_nothing_from_the_agents_working_folder(
+    world: World, agents: Callable[..., Agent], askpass: Askpass, short_dir: Path,
+    tmp_path: Path,
+) -> None:
+    # `idm agent -d` run from a shared folder such as /tmp: modules planted there by
+    # another user must not run in the helper that receives the PINs
+    world.put("alice", b"\x01")
+    world.enroll()
+    no_providers = tmp_path / "none.toml"
+    write_config(no_providers, world.ca, [])
+    planted = short_dir / "shared"
+    planted.mkdir()
+    marker = short_dir / "imported"
+    for name in ("json", "base64", "struct", "socket"):
+        (planted / f"{name}.py").write_text(f"open({str(marker)!r}, 'a').write({name!r})\n")
+    agent = agents(config=no_providers, cwd=planted)
+    askpass.set_passphrase(world.card.pin)
+    env = dict(agent.env(), SSH_ASKPASS=str(askpass.program), SSH_ASKPASS_REQUIRE="force")
+    assert SSH_ADD is not None
+    added = subprocess.run([SSH_ADD, "-s", SOFTHSM_MODULE], env=env, capture_output=True,
+                           text=True, timeout=GUARD, stdin=subprocess.DEVNULL, check=False)
+    assert not marker.exists(), marker.read_text()
+    assert added.returncode == 0, agent.log()
+    (helper,) = _helpers_of(_agent_pid(agent))
+    assert os.readlink(f"/proc/{helper}/cwd") == "/"
+    assert isinstance(agent.sign(agent.blobs()[0], w.SIGN_RSA_SHA2_256), p.SignResponse)
+
+
 def test_a_client_that_does_not_read_its_answers_holds_only_itself(idm_agent: IdmAgent,
                                                                    short_dir: Path) -> None:
     for i in range(8):  # answers of a few hundred bytes each

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from tests.agent.conftest import Askpass
 
 GUARD = 30.0  # a ceiling against hangs, never a performance expectation
-IDM = [sys.executable, "-c", "from idm.cli.entry import main; main()"]
+# -P: like the installed `idm` script, the working folder is not on the agent's sys.path.
+IDM = [sys.executable, "-P", "-c", "from idm.cli.entry import main; main()"]
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +179,7 @@ def agents(world: World, short_dir: Path, askpass: Askpass) -> Iterator[Callable
     started: list[Agent] = []
 
     def start(*args: str, env: dict[str, str] | None = None, pkix: bool = False,
-              config: Path | None = None) -> Agent:
+              config: Path | None = None, cwd: Path | None = None) -> Agent:
         n = len(started)
         sock = short_dir / f"a{n}.sock"
         pkix_sock = short_dir / f"p{n}.sock" if pkix else None
@@ -192,7 +193,7 @@ def agents(world: World, short_dir: Path, askpass: Askpass) -> Iterator[Callable
             cmd += ["--pkix-socket", str(pkix_sock)]
         with open(log_path, "wb") as err:
             proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.DEVNULL, stderr=err,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, cwd=cwd)
         agent = Agent(sock, proc, log_path, askpass, pkix_sock)
         started.append(agent)
         agent.wait_for(lambda: _accepts(sock) or proc.poll() is not None, "the agent socket")
