@@ -187,7 +187,9 @@ class ClientState:
     uid: int
     bindings: list[p.SessionBind] = field(default_factory=list)
     bind_attempted: bool = False
-    hinted: bool = False  # the PKIX-SSH hint was logged for this connection
+    # the client was checked for PKIX-SSH: the check reads /proc/PID/exe (maybe scans it),
+    # so it runs at most once per connection, not on every listing
+    pkix_checked: bool = False
 
     @property
     def label(self) -> str:
@@ -335,7 +337,7 @@ class AgentServer:
             return p.Failure()
         if isinstance(req, p.RequestIdentities):
             listed = [i for _, i in self._identities(state.kind)]
-            if state.kind is SocketKind.STANDARD and not state.hinted:
+            if state.kind is SocketKind.STANDARD and not state.pkix_checked:
                 self._hint_pkixssh(state, listed)
             return p.IdentitiesAnswer([(i.blob, i.comment) for i in listed])
         if isinstance(req, p.SignRequest):
@@ -376,10 +378,10 @@ class AgentServer:
                 return
         except w.WireFormatError:  # logged where it matters (_find); a hint never fails a list
             return
+        state.pkix_checked = True
         program = pkixssh_program(state.pid)
         if program is None:
             return
-        state.hinted = True
         pkix = [str(x.path) for x in self._loop.listeners if x.data is SocketKind.PKIX]
         where = (f"SSH_AUTH_SOCK={pkix[0]}" if pkix
                  else "start the agent with --pkix-socket PATH and use that PATH")
