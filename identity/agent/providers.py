@@ -65,6 +65,9 @@ class ProviderPool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # held from "is a helper running?" to its registration, so that two `ssh-add -s`
+        # of one module start one helper (not self._lock: tokens() must not wait a start)
+        self._load_lock = threading.Lock()
         self._order: list[str] = []
         self._helpers: dict[str, HelperProvider] = {}
         self._local = ProviderSet(rescan_on_miss=False)
@@ -86,16 +89,17 @@ class ProviderPool:
     def load_helper(self, module: ModuleFile) -> str:
         """Start a helper for a checked module file (unless one serves it); its path."""
         real = module.path
-        with self._lock:
-            running = self._helpers.get(real)
-        if running is not None and running.proc.poll() is None:
-            module.close()  # already served: nothing new is loaded
-        else:
-            if running is not None:
-                running.close()  # its helper exited: start a new one
-            helper = HelperProvider(module)  # closes the module file; raises ProviderError
+        with self._load_lock:
             with self._lock:
-                self._helpers[real] = helper
+                running = self._helpers.get(real)
+            if running is not None and running.proc.poll() is None:
+                module.close()  # already served: nothing new is loaded
+            else:
+                if running is not None:
+                    running.close()  # its helper exited: start a new one
+                helper = HelperProvider(module)  # closes the module file; raises ProviderError
+                with self._lock:
+                    self._helpers[real] = helper
         with self._lock:
             if real not in self._order:
                 self._order.append(real)

@@ -545,6 +545,28 @@ def test_the_helper_imports_nothing_from_the_agents_working_folder(
     assert isinstance(agent.sign(agent.blobs()[0], w.SIGN_RSA_SHA2_256), p.SignResponse)
 
 
+@pytest.mark.softhsm
+def test_concurrent_loads_of_one_module_start_one_helper(
+    world: World, agents: Callable[..., Agent], tmp_path: Path,
+) -> None:
+    no_providers = tmp_path / "none.toml"
+    write_config(no_providers, world.ca, [])
+    agent = agents(config=no_providers)
+    go = threading.Barrier(4)
+
+    def load() -> None:
+        with AgentClient(agent.sock) as c:
+            go.wait(GUARD)
+            c.request(p.AddSmartcardKey(SOFTHSM_MODULE, ""))
+
+    loaders = [threading.Thread(target=load) for _ in range(4)]
+    for t in loaders:
+        t.start()
+    for t in loaders:
+        t.join(GUARD)
+    assert len(_helpers_of(_agent_pid(agent))) == 1, agent.log()
+
+
 def test_a_client_that_does_not_read_its_answers_holds_only_itself(idm_agent: IdmAgent,
                                                                    short_dir: Path) -> None:
     for i in range(8):  # answers of a few hundred bytes each
