@@ -62,12 +62,26 @@ class HelperProtocolError(Exception):
 # ------------------------------------------------------------------ framing
 
 
-def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
-    """Frame and send one JSON message."""
+def encode_message(message: dict[str, Any]) -> bytes:
+    """One JSON message, framed; :class:`HelperProtocolError` if it is too long."""
     data = json.dumps(message, separators=(",", ":")).encode()
     if len(data) > MAX_MESSAGE:
         raise HelperProtocolError(f"a {len(data)}-byte message exceeds {MAX_MESSAGE}")
-    sock.sendall(_LENGTH.pack(len(data)) + data)
+    return _LENGTH.pack(len(data)) + data
+
+
+def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
+    """Frame and send one JSON message; a failed send is a :class:`HelperProtocolError`
+    (callers handle protocol errors, not raw socket errors)."""
+    send_frame(sock, encode_message(message))
+
+
+def send_frame(sock: socket.socket, frame: bytes) -> None:
+    """Send an encoded message (see :func:`send_message`)."""
+    try:
+        sock.sendall(frame)
+    except OSError as exc:  # the other end is gone (EPIPE), or a timeout left by a receive
+        raise HelperProtocolError(f"connection failed: {exc.strerror or exc}") from None
 
 
 def recv_message(sock: socket.socket, deadline: float | None = None) -> dict[str, Any]:
@@ -269,21 +283,26 @@ def main(argv: list[str]) -> int:
     die_with_parent()
     sock = socket.socket(fileno=int(argv[0]))
     try:
-        helper = _Helper(sock, f"/proc/self/fd/{int(argv[1])}")
-    except token_errors.TokenError as exc:
-        send_message(sock, error_reply(exc))
-        return 1
-    send_message(sock, {"ok": True, "module": helper.module_info()})
-    while True:
         try:
+            helper = _Helper(sock, f"/proc/self/fd/{int(argv[1])}")
+        except token_errors.TokenError as exc:
+            send_message(sock, error_reply(exc))
+            return 1
+        send_message(sock, {"ok": True, "module": helper.module_info()})
+        while True:
             request = recv_message(sock)
-        except HelperProtocolError:
-            return 0  # the agent closed the connection: done
-        try:
-            reply = helper.serve(request)
-        except Exception as exc:  # noqa: BLE001 - a module's surprise costs one request
-            reply = error_reply(exc)
-        send_message(sock, reply)
+            try:
+                reply = helper.serve(request)
+            except Exception as exc:  # noqa: BLE001 - a module's surprise costs one request
+                reply = error_reply(exc)
+            try:
+                frame = encode_message(reply)
+            except HelperProtocolError as exc:  # e.g. a card with huge objects: one error
+                frame = encode_message(error_reply(token_errors.ProviderError(
+                    f"the helper's reply is too long ({exc})")))
+            send_frame(sock, frame)
+    except HelperProtocolError:
+        return 0  # the agent closed the connection: done
 
 
 if __name__ == "__main__":
