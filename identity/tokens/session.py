@@ -1090,13 +1090,15 @@ class TokenSession:
         """Generate a non-extractable, sensitive key pair on the token.
 
         `kind` is one of rsa2048, rsa3072, ec-p256, ec-p384. `key_id` (CKA_ID) defaults to
-        16 random bytes; it must not already be used by a key on the token.
+        16 random bytes; it must not already be used by a key (private or public) on the
+        token: a failed generation deletes the key objects with that id.
         """
         if kind not in KEY_KINDS:
             raise ValueError(f"key kind must be one of {', '.join(KEY_KINDS)}, not {kind!r}")
         family, size = KEY_KINDS[kind]
         key_id = key_id if key_id is not None else os.urandom(16)
-        if any(k.id == key_id for k in self.keys("private", login=True)):
+        if any(k.id == key_id for key_class in ("private", "public")
+               for k in self.keys(key_class, login=True)):
             raise TokenOperationError(
                 f"token {self.identity} already has a key with id {key_id.hex()}"
             )
@@ -1156,8 +1158,8 @@ class TokenSession:
                     return key
             raise TokenOperationError(f"the new key is not visible on token {self.identity}")
         except BaseException:
-            # Interrupted (Ctrl-C) or failed after the card may have made the pair: the
-            # random CKA_ID names only this pair, so nothing else can be deleted here.
+            # Interrupted (Ctrl-C) or failed after the card may have made the pair: no key
+            # object had this CKA_ID before (checked above), so only this pair is deleted.
             self._delete_key_objects(key_id, quietly=True)
             raise
 

@@ -18,6 +18,7 @@ from idm.identity.tokens.errors import (
     PinUnavailable,
     TokenNotFound,
     TokenNotPresent,
+    TokenOperationError,
 )
 from idm.identity.tokens.pin import UriPin
 from idm.identity.tokens.session import ProviderSet, TokenSession, verify_signature
@@ -228,6 +229,21 @@ def test_generated_key_is_sensitive_and_never_extractable(softhsm: SoftHSM) -> N
     listing = softhsm.pkcs11_tool("--list-objects", "--type", "privkey", token=a, login=True)
     assert "never extractable" in listing.stdout and "sensitive" in listing.stdout
     assert "ID:         01" in listing.stdout
+
+
+def test_a_key_id_held_by_a_lone_public_key_is_refused_and_the_key_kept(
+    softhsm: SoftHSM,
+) -> None:
+    # a failed generation deletes the key objects of its id: the id must be unused
+    a = softhsm.init_token("card-a", pin="1111")
+    softhsm.generate_key(a, "ec-p256", key_id=b"\x07", label="older")
+    softhsm.pkcs11_tool("--delete-object", "--type", "privkey", "--id", "07", token=a,
+                        login=True)
+    session, _ = _session(ProviderSet([SOFTHSM_MODULE]), a.uri, a.pin)
+    with pytest.raises(TokenOperationError, match="already has a key with id 07"):
+        session.generate_key_pair("ec-p256", label="new", key_id=b"\x07")
+    assert [(k.label, k.id) for k in session.keys("public")] == [("older", b"\x07")]
+    assert session.keys("private", login=True) == []
 
 
 def test_keys_made_by_pkcs11_tool_are_listed_and_sign(softhsm: SoftHSM) -> None:
