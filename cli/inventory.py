@@ -136,7 +136,7 @@ def show_command(app: AppContext, fingerprint: str, as_json: bool, pem: bool) ->
         ("CKA_ID", cert.cka_id or "-"),
         ("Status", cert.status + (f": {cert.status_reason}" if cert.status_reason else "")),
         ("Decided", _decided_by(cert, events)),
-        ("Last check", _last_check(cert)),
+        ("Last check", last_check(cert)),
     ]
     note = _disagreement(cert)
     if note:
@@ -156,12 +156,15 @@ def _decided_by(cert: Any, events: list[Any]) -> str:
     return f"{when} by {event.command or '-'}" if event else when
 
 
-def _last_check(cert: Any) -> str:
+def last_check(cert: Any, *, stale: bool = False) -> str:
+    """A certificate record's last check: its verdict, when, and until when its revocation
+    status is fresh (``stale``: since when it is stale); "never" when never checked."""
     if not cert.verified_at:
         return "never"
     text = f"{cert.verdict_status} at {cert.verified_at:%Y-%m-%d %H:%M} UTC"
     if cert.fresh_until:
-        text += f", fresh until {cert.fresh_until:%Y-%m-%d %H:%M} UTC"
+        text += (f", {'stale since' if stale else 'fresh until'} "
+                 f"{cert.fresh_until:%Y-%m-%d %H:%M} UTC")
     return text
 
 

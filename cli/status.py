@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from idm.cli.context import AppContext
+from idm.cli.inventory import last_check
 from idm.cli.output import STATUS_COLOURS, print_json, say, say_wrapped
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -64,13 +65,8 @@ def _print(report: Any) -> None:
                 expiry += " WARNING: soon"
             say_wrapped(f"    expires   {expiry}", indent=10,
                         colour="yellow" if item.expiry_warning else None)
-            if r.verified_at is None:
-                check = "never checked"
-            else:
-                check = f"{r.verdict_status} at {r.verified_at:%Y-%m-%d %H:%M} UTC"
-                if r.fresh_until:
-                    check += (f", {'stale since' if item.revocation == 'stale' else 'fresh until'}"
-                              f" {r.fresh_until:%Y-%m-%d %H:%M} UTC")
+            check = ("never checked" if r.verified_at is None
+                     else last_check(r, stale=item.revocation == "stale"))
             say_wrapped(f"    checked   {check}", indent=10)
             if item.users:
                 say_wrapped(f"    logs in   as {', '.join(item.users)} (rule {item.rule})",
