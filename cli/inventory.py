@@ -173,7 +173,7 @@ def _disagreement(cert: Any) -> str | None:
     verdict = cert.verdict_status
     if verdict is None or verdict == cert.status:
         return None
-    if cert.status in ("revoked", "expired") and verdict != cert.status:
+    if cert.status in ("revoked", "expired"):
         return (f"the status stays {cert.status}: it is final, a later check ({verdict}, e.g. "
                 "with other revocation data or policy) does not undo it")
     if cert.status == "approved" and verdict in ("revoked", "expired"):
