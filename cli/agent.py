@@ -282,7 +282,9 @@ def agent(
         try:
             handler, written = _daemon_log_handler(log_file)
         except OSError as exc:
-            raise UserError(f"cannot open the agent's log file: {exc}") from None
+            where = f" {exc.filename}" if exc.filename else ""
+            raise UserError(f"cannot open the agent's log{where}: {exc.strerror or exc}") \
+                from None
         if detach and written is not None and log_file is None:
             log.warning("no syslog (%s): logging to %s", SYSLOG_SOCKET, written)
         if not detach:
