@@ -277,19 +277,19 @@ def _helper_snapshot(argv: list[str], uid: int) -> Finding:
 
 def _snapshot(path: Path, *, required: bool,
               check: Callable[[str, os.stat_result], None] | None = None) -> Finding:
-    from idm.identity.server.snapshot import Snapshot, SnapshotError
+    from idm.identity.server.snapshot import SnapshotError, inspect_snapshot
 
     if not path.exists() and not required:
         return Finding("snapshot", SKIP, f"{path} does not exist (not a server)")
     try:
-        with Snapshot(path, check=check) as snap:
-            snap.check_fresh()
-            entries = snap.info.entries
+        info, not_fresh = inspect_snapshot(path, check=check)
     except SnapshotError as exc:
-        return Finding("snapshot", FAIL, str(exc),
+        not_fresh = str(exc)
+    if not_fresh is not None:
+        return Finding("snapshot", FAIL, not_fresh,
                        "run `idm refresh`, and its timer: `systemctl enable --now "
                        "idm-refresh.timer`")
-    return Finding("snapshot", OK, f"{path}: fresh, {entries} key line(s)")
+    return Finding("snapshot", OK, f"{path}: fresh, {info.entries} key line(s)")
 
 
 def _syslog() -> Finding:

@@ -28,7 +28,7 @@ from idm.identity.server.mapping import (
     explicit_from_records,
     read_principals_dir,
 )
-from idm.identity.server.snapshot import Snapshot, SnapshotError
+from idm.identity.server.snapshot import SnapshotError, inspect_snapshot
 
 DAY = 86400
 
@@ -117,16 +117,10 @@ def _snapshot(path: Path, now: datetime) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        with Snapshot(path, now=now.timestamp()) as snap:
-            info = snap.info
-            fresh = True
-            try:
-                snap.check_fresh()
-            except SnapshotError:
-                fresh = False
+        info, not_fresh = inspect_snapshot(path, now=now.timestamp())
     except SnapshotError as exc:
         return {"path": str(path), "error": str(exc)}
-    return {"path": str(path), "entries": info.entries, "fresh": fresh,
+    return {"path": str(path), "entries": info.entries, "fresh": not_fresh is None,
             "written_at": datetime.fromtimestamp(info.written_at, now.tzinfo).isoformat(),
             "deadline": datetime.fromtimestamp(info.deadline, now.tzinfo).isoformat()}
 

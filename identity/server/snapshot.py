@@ -407,6 +407,20 @@ class Snapshot:
         return [KeyEntry(*r) for r in self._query("SELECT * FROM keys", ())]  # type: ignore[arg-type]
 
 
+def inspect_snapshot(
+    path: str | os.PathLike[str], *, now: float | None = None, check: FileCheck | None = None
+) -> tuple[SnapshotInfo, str | None]:
+    """What a snapshot says about itself, for reports (`idm status`, `idm doctor`): its
+    info and why it is not fresh (`Snapshot.check_fresh`'s message), or None when it is.
+    SnapshotError when it cannot be opened."""
+    with Snapshot(path, now=now, check=check) as snap:
+        try:
+            snap.check_fresh()
+        except SnapshotError as exc:
+            return snap.info, str(exc)
+        return snap.info, None
+
+
 def _uri_path(path: Path) -> str:
     # Only these three characters are special in an SQLite file: URI path.
     text = str(path.absolute())
