@@ -44,6 +44,9 @@ from idm.identity.tokens.uri import TokenIdentity
 
 START_TIMEOUT = 30.0  # the helper loads the module and says hello
 REPLY_TIMEOUT = 60.0  # one token operation (a slow card signs in a few seconds)
+# PIN requests the helper may make for one operation: a login, then a context-specific
+# login for a CKA_ALWAYS_AUTHENTICATE key, once more after a card was re-inserted
+MAX_PIN_REQUESTS = 3
 STOP_WAIT = 2.0
 
 
@@ -106,11 +109,6 @@ class HelperProvider:
                                 f"{exc}") from None
         log.info("provider %s loaded in helper process %d", self.path, self.proc.pid)
 
-    @property
-    def pid(self) -> int:
-        """The helper's process id."""
-        return self.proc.pid
-
     # -- requests ----------------------------------------------------------------------
 
     def call(self, request: dict[str, Any], pin: PinProvider | None = None) -> dict[str, Any]:
@@ -126,11 +124,16 @@ class HelperProvider:
                                     "load it again")
             try:
                 send_message(self._sock, request)
+                asked_times = 0
                 while True:
                     reply = recv_message(self._sock, time.monotonic() + REPLY_TIMEOUT)
                     asked = reply.get("pin_request")
                     if asked is None:
                         break
+                    asked_times += 1
+                    if asked_times > MAX_PIN_REQUESTS:  # each one a PIN dialog: stop it
+                        raise HelperProtocolError(f"more than {MAX_PIN_REQUESTS} PIN "
+                                                  "requests for one operation")
                     send_message(self._sock, self._answer_pin(asked, pin))
             except HelperProtocolError as exc:
                 self._stop()
@@ -259,11 +262,6 @@ class HelperSession:
                       exc)
             self.logged_in = False
             self.login_time = None
-
-    def close(self) -> None:
-        """Log out; the session is not used afterwards."""
-        self.logout()
-        self.closed = True
 
     def certificates(self) -> list[CertificateObject]:
         """The card's X.509 certificates."""

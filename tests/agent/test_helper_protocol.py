@@ -1,5 +1,5 @@
 """The agent <-> PKCS#11 helper protocol at its edges: a helper that is gone, a reply too
-long to send (a real helper process with SoftHSM2)."""
+long to send (a real helper process with SoftHSM2), a helper that asks for PINs on and on."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from idm.identity.agent.helper_provider import HelperProvider
-from idm.identity.agent.pkcs11_helper import MAX_MESSAGE, HelperProtocolError, send_message
+from idm.identity.agent.helper_provider import MAX_PIN_REQUESTS, HelperProvider
+from idm.identity.agent.pkcs11_helper import (
+    MAX_MESSAGE,
+    HelperProtocolError,
+    recv_message,
+    send_message,
+)
 from idm.identity.tokens.errors import ProviderError
 from idm.identity.tokens.module_file import open_module_file
 from tests.softhsm import SOFTHSM_MODULE, SoftHSM, SoftHSMToken
@@ -45,6 +51,41 @@ def test_sending_to_a_closed_peer_is_a_protocol_error() -> None:
     theirs.close()
     with ours, pytest.raises(HelperProtocolError, match="connection failed"):
         send_message(ours, {"op": "tokens"})
+
+
+def test_a_helper_asking_for_pins_on_and_on_is_stopped() -> None:
+    """A hostile module's helper answers every request with another PIN request (each a PIN
+    dialog for the user): the agent answers a few, then stops the helper."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    token = {"manufacturer": "m", "model": "x", "serial": "1", "label": "card"}
+
+    def hostile() -> None:
+        with theirs:
+            recv_message(theirs)
+            try:
+                for _ in range(20):  # then it gives up (an agent without a limit returns)
+                    send_message(theirs, {"pin_request": {"token": token, "flags": 0}})
+                    recv_message(theirs)
+                send_message(theirs, {"ok": True})
+            except HelperProtocolError:
+                return  # the agent hung up
+
+    # The provider's process is a stand-in (the hostile side is the thread above).
+    provider = object.__new__(HelperProvider)
+    provider.path = "/usr/lib/hostile.so"
+    provider._lock = threading.Lock()
+    provider._sessions = {}
+    provider._sock = ours
+    provider.proc = subprocess.Popen(["sleep", "60"])
+    asked: list[object] = []
+    worker = threading.Thread(target=hostile, daemon=True)
+    worker.start()
+    with pytest.raises(ProviderError, match=f"more than {MAX_PIN_REQUESTS} PIN requests"):
+        provider.call({"op": "login"}, lambda request: asked.append(request) or "1111")
+    assert len(asked) == MAX_PIN_REQUESTS
+    assert provider.proc.poll() is not None  # stopped
+    worker.join(10)
+    assert not worker.is_alive()
 
 
 def _bulky_certificate(n: int) -> x509.Certificate:
