@@ -199,7 +199,7 @@ class ClientState:
     @property
     def remote(self) -> bool:
         """True once the client sent a session bind (see the class docstring)."""
-        return self.bind_attempted or bool(self.bindings)
+        return self.bind_attempted  # set before any binding is kept
 
     def __str__(self) -> str:
         return self.label
