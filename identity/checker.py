@@ -41,9 +41,12 @@ class CheckerError(ValueError):
     """The validation set-up is unusable (no trust anchors, unreadable CRL path, …)."""
 
 
-def crl_files(paths: Iterable[Path], max_bytes: int) -> list[tuple[str, bytes]]:
+def crl_files(
+    paths: Iterable[Path], max_bytes: int, check: FileCheck | None = None
+) -> list[tuple[str, bytes]]:
     """(label, bytes) of CRL files, folders expanded (files ending .crl, .pem, .der);
-    each file at most ``max_bytes`` ([revocation] crl_max_bytes, as for downloads)."""
+    each file at most ``max_bytes`` ([revocation] crl_max_bytes, as for downloads), and
+    refused by ``check`` (see `read_input_file`) when given."""
     from idm.validator.inputfile import read_input_file
 
     found: list[tuple[str, bytes]] = []
@@ -57,7 +60,7 @@ def crl_files(paths: Iterable[Path], max_bytes: int) -> list[tuple[str, bytes]]:
         except OSError as exc:
             raise CheckerError(f"cannot read CRL folder {path}: {exc.strerror}") from None
         for f in files:
-            found.append((str(f), read_input_file(f, "CRL", max_bytes)))
+            found.append((str(f), read_input_file(f, "CRL", max_bytes, check)))
     return found
 
 
@@ -116,13 +119,15 @@ class CertificateChecker:
         untrusted: Sequence[Path] = (),
         crl_paths: Sequence[Path] = (),
         extra_crls: Sequence[tuple[str, bytes]] = (),
-        anchor_check: FileCheck | None = None,
+        file_check: FileCheck | None = None,
         **policy_overrides: object,
     ) -> CertificateChecker:
         """Anchors from `ca` when given, else the configuration's [validation] ca.
 
-        ``anchor_check`` is called with each anchor file's path and stat before it is read
-        (see `idm.validator.bundle.load_bundle`); it raises to refuse the file."""
+        ``file_check`` is called with the path and stat of each anchor, untrusted and CRL
+        file before it is read (see `idm.validator.inputfile.read_input_file`); it raises
+        to refuse the file (the sshd helper's StrictModes: whoever can write an anchor adds
+        a CA, whoever can write a CRL file can put back an older one)."""
         from idm.validator.bundle import load_bundle
 
         ca_paths = list(ca) or list(config.validation.ca)
@@ -131,12 +136,15 @@ class CertificateChecker:
                 "no trust anchors: set [validation] ca in the configuration (or give --ca PATH "
                 "to commands that take it)"
             )
-        anchors = load_bundle(ca_paths, "CA bundle", anchor_check)
+        anchors = load_bundle(ca_paths, "CA bundle", file_check)
         if not anchors:
             raise CheckerError(f"no certificates found in {', '.join(map(str, ca_paths))}")
-        intermediates = load_bundle([*config.validation.untrusted, *untrusted], "untrusted bundle")
+        intermediates = load_bundle(
+            [*config.validation.untrusted, *untrusted], "untrusted bundle", file_check
+        )
         crls = [
-            *crl_files([*config.revocation.crl, *crl_paths], config.revocation.crl_max_bytes),
+            *crl_files([*config.revocation.crl, *crl_paths], config.revocation.crl_max_bytes,
+                       file_check),
             *extra_crls,
         ]
         return cls(

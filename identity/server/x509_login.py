@@ -121,7 +121,7 @@ def authorize_x509(
             raise Denied(f"{what}: its key is in revoked certificate {d.certificate[:16]}")
     try:
         # The anchors decide who logs in, like the snapshot: sshd's StrictModes apply.
-        checker = CertificateChecker.from_config(config, anchor_check=check_strict_modes)
+        checker = CertificateChecker.from_config(config, file_check=check_strict_modes)
     except ValueError as exc:  # CheckerError, a malformed bundle or policy value
         raise Denied(f"configuration: {exc}") from None
     from cryptography import x509

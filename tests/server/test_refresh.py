@@ -261,6 +261,28 @@ def test_x509_path_refuses_an_anchor_file_others_can_write(safe_tmp: Path, ca: S
         assert "refused by StrictModes" in line and all(w in line for w in words), line
 
 
+def test_x509_path_refuses_a_crl_file_others_can_write(safe_tmp: Path, ca: SampleCA) -> None:
+    """Whoever can write a CRL file can put back an older one, dropping a revocation: the
+    helper applies StrictModes to the configured CRL files too."""
+    crls = safe_tmp / "crls"
+    crls.mkdir()
+    crl = crls / "intermediate.crl"
+    shutil.copyfile(ca.crl_intermediate, crl)
+    crl.chmod(0o644)
+    cfg = write_config(safe_tmp / "srv.toml", ca=ca.ca_bundle, untrusted=ca.chain, crl=crl,
+                       snapshot=safe_tmp / "srv" / "snapshot.sqlite",
+                       db=f"sqlite:///{safe_tmp / 'inventory.sqlite'}")
+    Inventory(f"sqlite:///{safe_tmp / 'inventory.sqlite'}").close()
+    idm("refresh", config=cfg)
+    args = ("--config", str(cfg), "x-crl", *x509_args(ca.user("x-crl"), "legacy"))
+    assert helper(*args).returncode == 0
+    crl.chmod(0o664)
+    proc = helper(*args)
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+    [line] = proc.stderr.splitlines()
+    assert str(crl) in line and "refused by StrictModes" in line, line
+
+
 @pytest.mark.parametrize(("key", "x509_types"), [
     ("rsa2048", ["x509v3-sign-rsa", "x509v3-ssh-rsa", "x509v3-rsa2048-sha256"]),
     ("ec-p256", ["x509v3-ecdsa-sha2-nistp256"]),
