@@ -95,18 +95,24 @@ def test_crl_signed_by_a_ca_without_crl_sign_does_not_count():
     assert "keyUsage does not allow cRLSign" in v.reason
 
 
-def test_separate_crl_key_counts_only_when_its_certificate_validates():
-    root, inter, leaf = make_pki()
-    crl_key = ec.generate_private_key(ec.SECP256R1())
+def _crl_signer(ca: CA, issuer: CA) -> CA:
+    """A separate CRL-signing key of `ca` (its name, keyUsage cRLSign only), certified by
+    `issuer`."""
+    key = ec.generate_private_key(ec.SECP256R1())
     b = (
-        _builder(inter.cert.subject, root, crl_key)
+        _builder(ca.cert.subject, issuer, key)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, False, True, False, False),
                        True)
     )
-    crl_signer = CA(b.sign(root.key, hashes.SHA256()), crl_key)
+    return CA(b.sign(issuer.key, hashes.SHA256()), key)
+
+
+def test_separate_crl_key_counts_only_when_its_certificate_validates():
+    root, inter, leaf = make_pki()
+    crl_signer = _crl_signer(inter, root)
     listed = _crl(inter, [(leaf.cert.serial_number, x509.ReasonFlags.key_compromise)],
-                  key=crl_key)
+                  key=crl_signer.key)
     v = validate(leaf.cert, anchors=[root.cert], intermediates=[inter.cert, crl_signer.cert],
                  crls=[listed, _crl(root)])
     assert v.status == "revoked", v.reason
@@ -122,16 +128,9 @@ def test_unusable_crl_at_hand_also_decides_a_crl_signers_status():
     unusable: the signer's status is unknown, so its CRL cannot clear the leaf."""
     root, inter, leaf = make_pki()
     sub2 = make_cert("Sub CA 2", root, ca=True)
-    crl_key = ec.generate_private_key(ec.SECP256R1())
-    b = (
-        _builder(inter.cert.subject, sub2, crl_key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, False, True, False, False),
-                       True)
-    )
-    crl_signer = CA(b.sign(sub2.key, hashes.SHA256()), crl_key)
+    crl_signer = _crl_signer(inter, sub2)
     critical = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.2.3.4"), b"\x05\x00")
-    crls = [_crl(inter, key=crl_key), _crl(root),
+    crls = [_crl(inter, key=crl_signer.key), _crl(root),
             _crl(sub2, [(crl_signer.cert.serial_number, None)], extensions=[(critical, True)])]
     pool = [inter.cert, sub2.cert, crl_signer.cert]
     v = validate(leaf.cert, anchors=[root.cert], intermediates=pool, crls=crls)
